@@ -1,0 +1,62 @@
+#!/bin/bash
+# One idempotent set-up step for a Debian 12 machine, as root; used by scripts/demo.sh,
+# scripts/test.sh and CI. Quick when everything is already there.
+#  - Debian packages (cluster stack, libvirt + QEMU, python3 libraries, build tools)
+#  - the libvirt-qemu user libvirt needs even when QEMU runs as root
+#  - kvmha installed (editable) for /usr/bin/python3, as the agents run under it
+#  - the agents' launchers in their system paths
+#  - a venv (.venv, from /usr/bin/python3 with system site packages) with the test tools
+#  - the lab guest's boot image (/var/cache/kvmha/image)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOP=$PWD
+[ "$(id -u)" = 0 ] || { echo "setup: run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+PACKAGES=(
+  pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+  busybox-static cpio iproute2 util-linux procps libxml2-utils
+  python3 python3-venv python3-pip python3-setuptools
+  python3-libvirt python3-pyroute2 python3-dbus python3-click
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get -q update
+  apt-get -q -o DPkg::Lock::Timeout=900 install -y --no-install-recommends "${missing[@]}"
+fi
+# the image builder needs Debian's package lists (apt-get download of the kernel)
+[ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial -e auxfiles)" ] || apt-get -q update
+
+# libvirt's QEMU driver looks this user up before it reads qemu.conf (user = "root")
+getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || \
+  useradd -r -g kvm -G libvirt-qemu -d /var/lib/libvirt -M -s /usr/sbin/nologin libvirt-qemu
+
+# kvmha for /usr/bin/python3 (editable: the working tree is what runs)
+if ! /usr/bin/python3 -c 'import kvmha.tools.lab, sys; sys.exit(0 if kvmha.__file__.startswith(sys.argv[1]) else 1)' "$TOP/" 2>/dev/null; then
+  echo "setup: installing kvmha (editable) for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --root-user-action=ignore --break-system-packages \
+    --no-build-isolation --no-deps -e "$TOP"
+fi
+
+# launchers in the paths Pacemaker looks in
+install -d -m 0755 /usr/lib/ocf/resource.d/kvmha
+[ -f agents/Guest ] && install -m 0755 agents/Guest /usr/lib/ocf/resource.d/kvmha/Guest
+install -m 0755 tools/bin/fence_kvmhalab /usr/sbin/fence_kvmhalab
+
+# test tools
+if [ ! -x .venv/bin/pytest ] || ! cmp -s requirements-dev.txt .venv/.requirements-dev.txt; then
+  echo "setup: creating .venv with the test tools"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  cp requirements-dev.txt .venv/.requirements-dev.txt
+fi
+
+/usr/bin/python3 -m kvmha.tools.lab.image
+echo "setup: done"

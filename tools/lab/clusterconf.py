@@ -1,0 +1,134 @@
+"""Configuration files of the lab's host cluster: corosync.conf and the CIB."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from kvmha.tools.lab.config import AGENTS, LabConfig
+
+FENCE_AGENT = "fence_kvmhalab"
+FENCE_DEVICE_ID = "lab-power"
+
+
+def corosync_conf(cfg: LabConfig) -> str:
+    nodes = "".join(
+        "    node {\n"
+        f"        ring0_addr: {cfg.host_address(h)}\n"
+        f"        name: {h}\n"
+        f"        nodeid: {cfg.host_index(h)}\n"
+        "    }\n"
+        for h in cfg.host_names()
+    )
+    return (
+        "# kvmha lab host cluster (written by 'kvmha lab up')\n"
+        "totem {\n"
+        "    version: 2\n"
+        "    cluster_name: kvmhalab\n"
+        "    transport: knet\n"
+        f"    token: {cfg.token_ms}\n"
+        "    crypto_cipher: aes256\n"
+        "    crypto_hash: sha256\n"
+        "}\n"
+        f"nodelist {{\n{nodes}}}\n"
+        "quorum {\n"
+        "    provider: corosync_votequorum\n"
+        "}\n"
+        "logging {\n"
+        "    to_logfile: yes\n"
+        "    logfile: /var/log/corosync/corosync.log\n"
+        "    to_syslog: no\n"
+        "    to_stderr: no\n"
+        "    timestamp: on\n"
+        "}\n"
+    )
+
+
+def _nvset(parent: ET.Element, tag: str, set_id: str, values: dict[str, str]) -> ET.Element:
+    nvs = ET.SubElement(parent, tag, id=set_id)
+    for name, value in values.items():
+        ET.SubElement(nvs, "nvpair", id=f"{set_id}-{name}", name=name, value=value)
+    return nvs
+
+
+CLUSTER_OPTIONS = {
+    # The default 20 s costs 20 s at every cold start of a lab host.
+    "dc-deadtime": "2s",
+    "stonith-enabled": "true",
+    "no-quorum-policy": "stop",
+    "cluster-recheck-interval": "1min",
+}
+
+
+def seed_cib(empty_cib: str) -> str:
+    """The CIB every host starts with: cluster options only, no resources yet.
+
+    Fencing is on from the start, but the device is added once every host is online:
+    a device present at first start would fence hosts that are still booting
+    (startup-fencing), and a lab host that boots a second later is not a failure.
+    """
+    root = ET.fromstring(empty_cib)
+    configuration = root.find("configuration")
+    assert configuration is not None
+    crm_config = configuration.find("crm_config")
+    assert crm_config is not None
+    _nvset(crm_config, "cluster_property_set", "lab-options", CLUSTER_OPTIONS)
+    rsc_defaults = configuration.find("rsc_defaults")
+    if rsc_defaults is None:
+        rsc_defaults = ET.SubElement(configuration, "rsc_defaults")
+    # Guests stay where they run when a host comes back: no needless migrations.
+    _nvset(rsc_defaults, "meta_attributes", "lab-rsc-defaults", {"resource-stickiness": "100"})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _op(ops: ET.Element, rid: str, name: str, timeout: str, interval: str = "0s",
+        extra: dict[str, str] | None = None) -> None:
+    attrs = {"id": f"{rid}-{name}-{interval}", "name": name, "interval": interval,
+             "timeout": timeout}
+    op = ET.SubElement(ops, "op", **attrs)
+    if extra:
+        _nvset(op, "instance_attributes", f"{rid}-{name}-{interval}-attrs", extra)
+
+
+def fence_device(cfg: LabConfig) -> ET.Element:
+    prim = ET.Element("primitive", id=FENCE_DEVICE_ID, type=FENCE_AGENT)
+    prim.set("class", "stonith")
+    _nvset(prim, "instance_attributes", f"{FENCE_DEVICE_ID}-attrs", {
+        "socket": str(cfg.pdu_socket),
+        "pcmk_host_list": " ".join(cfg.host_names()),
+        # Like a PDU outlet switched off: a fenced host stays off until it is powered on.
+        "pcmk_reboot_action": "off",
+    })
+    ops = ET.SubElement(prim, "operations")
+    _op(ops, FENCE_DEVICE_ID, "monitor", "20s", "60s")
+    return prim
+
+
+def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
+    provider_class, provider, agent = AGENTS[cfg.agent].split(":")
+    prim = ET.Element("primitive", id=guest, provider=provider, type=agent)
+    prim.set("class", provider_class)
+    params = {
+        "config": str(cfg.guests_dir / f"{guest}.xml"),
+        "hypervisor": "qemu:///system",
+        "migration_transport": "tcp",
+    }
+    if cfg.agent == "Guest":
+        params["shutdown_timeout"] = "20"
+    _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
+    _nvset(prim, "meta_attributes", f"{guest}-meta", {"allow-migrate": "true"})
+    ops = ET.SubElement(prim, "operations")
+    _op(ops, guest, "start", "60s")
+    _op(ops, guest, "stop", "60s")
+    _op(ops, guest, "monitor", "30s", "10s")
+    _op(ops, guest, "migrate_to", "120s")
+    _op(ops, guest, "migrate_from", "60s")
+    return prim
+
+
+def resources_xml(cfg: LabConfig) -> str:
+    """The fence device and every guest, as one <resources> fragment for cibadmin."""
+    res = ET.Element("resources")
+    res.append(fence_device(cfg))
+    for g in cfg.guest_names():
+        res.append(guest_resource(cfg, g))
+    return ET.tostring(res, encoding="unicode")

@@ -1,0 +1,248 @@
+"""A lab host: boot it into its namespaces, and be its PID 1.
+
+``boot`` (run from the machine) enters the host's network namespace, unshares mount,
+UTS, IPC and PID namespaces, and forks the host's init; it prints the init's PID as
+the machine sees it and exits. The power switch keeps that PID: SIGKILL of the init is
+a power cut (the kernel kills every process of the PID namespace, QEMU included).
+
+``init`` runs as PID 1 inside: private directories bound over the daemons' state and
+configuration, fresh /run, /dev/shm, /proc and /sys, the host name, then virtlogd,
+libvirtd, corosync and pacemakerd with a clean environment, as systemd would start
+them. As PID 1 it reaps every orphan at once (QEMU is double-forked by libvirtd; a
+slow reaper makes every destroy take seconds). SIGTERM stops the host gracefully.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kvmha.process import clean_env
+from kvmha.tools.lab.config import LabConfig
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# host directory -> mount point inside the host
+BIND_MOUNTS = (
+    ("etc/corosync", "/etc/corosync"),
+    ("etc/libvirt", "/etc/libvirt"),
+    ("etc/kvmha", "/etc/kvmha"),
+    ("var/lib/pacemaker", "/var/lib/pacemaker"),
+    ("var/lib/corosync", "/var/lib/corosync"),
+    ("var/lib/libvirt", "/var/lib/libvirt"),
+    ("var/log/pacemaker", "/var/log/pacemaker"),
+    ("var/log/corosync", "/var/log/corosync"),
+    ("var/log/libvirt", "/var/log/libvirt"),
+    ("var/cache/libvirt", "/var/cache/libvirt"),
+    ("tmp", "/tmp"),
+)
+DAEMONS_FILE = "/run/kvmha-lab-daemons.json"
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def boot(labdir: Path, host: str) -> int:
+    """Start host's init in fresh namespaces; return its PID (as seen from the machine)."""
+    cfg = LabConfig.load(labdir)
+    if cfg is None:
+        raise SystemExit(f"no lab in {labdir}")
+    libc = _libc()
+    fd = os.open(f"/run/netns/{cfg.host_netns(host)}", os.O_RDONLY)
+    try:
+        _check(libc.setns(fd, CLONE_NEWNET), "setns(net)")
+    finally:
+        os.close(fd)
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), "unshare")
+    console = cfg.host_dir(host) / "console.log"
+    pid = os.fork()
+    if pid == 0:  # PID 1 of the new PID namespace
+        try:
+            os.setsid()
+            out = os.open(str(console), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.execv(sys.executable, [sys.executable, "-m", "kvmha.tools.lab.hostinit",
+                                      "init", str(labdir), host])
+        finally:
+            os._exit(127)
+    return pid
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, timeout=60)
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%F %T')} init: {msg}", flush=True)
+
+
+class HostInit:
+    def __init__(self, cfg: LabConfig, host: str) -> None:
+        self.cfg = cfg
+        self.host = host
+        self.hdir = cfg.host_dir(host)
+        self.daemons: dict[str, int] = {}
+        self.stopping = False
+
+    def mounts(self) -> None:
+        _sh("mount", "--make-rprivate", "/")
+        _sh("mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/proc")
+        # a sysfs of this network namespace (shows its links, like 'ip netns exec')
+        _sh("umount", "-l", "/sys")
+        _sh("mount", "-t", "sysfs", "sysfs", "/sys")
+        for src, dst in BIND_MOUNTS:
+            Path(dst).mkdir(parents=True, exist_ok=True)
+            _sh("mount", "--bind", str(self.hdir / src), dst)
+        _sh("mount", "--bind", str(self.cfg.labdir / "hosts.txt"), "/etc/hosts")
+        _sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "tmpfs", "/run")
+        for d in ("lock", "resource-agents", "crm", "libvirt", "corosync-qdevice"):
+            Path("/run", d).mkdir(exist_ok=True)
+        shutil.chown("/run/crm", "hacluster", "haclient")
+        # /run/libvirt is reachable from the machine too (libvirt-sock for tests and tools)
+        runlv = self.hdir / "run" / "libvirt"
+        if runlv.exists():
+            shutil.rmtree(runlv)
+        runlv.mkdir(parents=True)
+        _sh("mount", "--bind", str(runlv), "/run/libvirt")
+        _sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", "/dev/shm")
+        _sh("hostname", self.host)
+
+    def start(self, name: str, argv: list[str], log: str, env: dict[str, str] | None = None) -> int:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=clean_env(env),
+                                    start_new_session=True)
+        self.daemons[name] = proc.pid
+        Path(DAEMONS_FILE).write_text(json.dumps(self.daemons))
+        _log(f"started {name} pid {proc.pid}")
+        return proc.pid
+
+    def wait_for(self, argv: list[str], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=clean_env(), check=False)
+            if r.returncode == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def start_stack(self) -> None:
+        Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
+        self.start("virtlogd", ["/usr/sbin/virtlogd"], "/var/log/libvirt/virtlogd.out")
+        self.start("libvirtd", ["/usr/sbin/libvirtd", "--listen",
+                                "--pid-file", "/run/libvirt/libvirtd.pid"],
+                   "/var/log/libvirt/libvirtd.out")
+        self.start("corosync", ["/usr/sbin/corosync", "-f"], "/var/log/corosync/corosync.out")
+        if not self.wait_for(["corosync-cfgtool", "-s"], 10):
+            _log("corosync does not answer after 10 s")
+        # pacemaker after libvirtd: its first probes ask libvirt about the guests
+        self.wait_for(["virsh", "-c", "qemu:///system", "uri"], 30)
+        self.start("pacemakerd", ["/usr/sbin/pacemakerd"], "/var/log/pacemaker/pacemakerd.out",
+                   {"PCMK_logfacility": "none",
+                    "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"})
+
+    def _stop(self, name: str, seconds: float) -> None:
+        pid = self.daemons.get(name)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._reap_all(pid):
+                return
+            time.sleep(0.05)
+        _log(f"{name} did not stop in {seconds:.0f} s: killing it")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _reap_all(self, watch: int | None = None) -> bool:
+        """Reap every exited child; True if watch was among them."""
+        seen = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True if watch is not None else seen
+            if pid == 0:
+                return seen
+            if pid == watch:
+                seen = True
+            self._note_exit(pid, status)
+
+    def _note_exit(self, pid: int, status: int) -> None:
+        for name, dpid in list(self.daemons.items()):
+            if dpid == pid:
+                _log(f"{name} (pid {pid}) exited with status {status}")
+                del self.daemons[name]
+
+    def shutdown(self, *_: object) -> None:
+        """Graceful power-off: the cluster stack first (it stops or moves guests)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        _log("graceful shutdown")
+        self._stop("pacemakerd", 120)
+        self._stop("corosync", 30)
+        self._stop("libvirtd", 15)
+        self._stop("virtlogd", 5)
+        _log("halted")
+        os._exit(0)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.shutdown)
+        signal.signal(signal.SIGINT, self.shutdown)
+        _log(f"booting {self.host}")
+        self.mounts()
+        self.start_stack()
+        _log("up")
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                time.sleep(1)
+                continue
+            self._note_exit(pid, status)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[0] == "boot":
+        print(boot(Path(argv[1]), argv[2]), flush=True)
+        return
+    if len(argv) == 3 and argv[0] == "init":
+        cfg = LabConfig.load(Path(argv[1]))
+        if cfg is None:
+            raise SystemExit(f"no lab in {argv[1]}")
+        HostInit(cfg, argv[2]).run()
+        return
+    raise SystemExit("usage: hostinit boot|init LABDIR HOST")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
