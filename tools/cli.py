@@ -40,8 +40,13 @@ def main() -> None:
 
 
 labdir_option = click.option(
-    "--labdir", type=click.Path(path_type=Path), default=DEFAULT_LABDIR, show_default=True,
-    envvar="KVMHA_LABDIR", help="Directory that holds all of the lab's state.")
+    "--labdir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_LABDIR,
+    show_default=True,
+    envvar="KVMHA_LABDIR",
+    help="Directory that holds all of the lab's state.",
+)
 
 
 def _progress() -> Any:
@@ -68,10 +73,21 @@ def lab() -> None:
 @labdir_option
 @click.option("--hosts", type=click.IntRange(1, MAX_HOSTS), default=3, show_default=True)
 @click.option("--guests", type=click.IntRange(0, MAX_GUESTS), default=3, show_default=True)
-@click.option("--agent", type=click.Choice(["Guest", "VirtualDomain"]), default="VirtualDomain",
-              show_default=True, help="Resource agent that runs the guests.")
-@click.option("--token", "token_ms", type=click.IntRange(200, 30000), default=1000,
-              show_default=True, help="Corosync token timeout in ms.")
+@click.option(
+    "--agent",
+    type=click.Choice(["Guest", "VirtualDomain"]),
+    default="VirtualDomain",
+    show_default=True,
+    help="Resource agent that runs the guests.",
+)
+@click.option(
+    "--token",
+    "token_ms",
+    type=click.IntRange(200, 30000),
+    default=1000,
+    show_default=True,
+    help="Corosync token timeout in ms.",
+)
 def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int) -> None:
     """Bring the lab up (idempotent); returns when every host is online and quorate."""
     _lab(labdir).up(hosts, guests, agent, token_ms)
@@ -94,19 +110,24 @@ def status(labdir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"lab {st['labdir']}  agent {st['agent']}  quorate {st['quorate']}  "
-               f"DC {st['dc'] or '-'}")
+    click.echo(
+        f"lab {st['labdir']}  agent {st['agent']}  quorate {st['quorate']}  "
+        f"DC {st['dc'] or '-'}"
+    )
     click.echo(f"{'HOST':8} {'STATE':9} {'POWER':6} {'NETWORK':10} ADDRESS")
     for h in st["hosts"]:
-        click.echo(f"{h['name']:8} {h['state']:9} {h['power']:6} {h['network']:10} "
-                   f"{h['address']}")
+        click.echo(
+            f"{h['name']:8} {h['state']:9} {h['power']:6} {h['network']:10} " f"{h['address']}"
+        )
     click.echo(f"{'GUEST':8} {'STATE':9} {'HOST':6} ADDRESS")
     for g in st["guests"]:
         click.echo(f"{g['name']:8} {g['state']:9} {g['host'] or '-':6} {g['address']}")
     lf = st["last_fence"]
     if lf:
-        click.echo(f"last fence: {lf['action']} {lf['target']} by {lf['delegate']}: "
-                   f"{lf['status']} at {lf['completed']}")
+        click.echo(
+            f"last fence: {lf['action']} {lf['target']} by {lf['delegate']}: "
+            f"{lf['status']} at {lf['completed']}"
+        )
 
 
 def _host_command(name: str, method: str, help_text: str) -> None:
@@ -146,10 +167,18 @@ def logs(labdir: Path, host: str, lines: int) -> None:
 @labdir_option
 @click.option("--hosts", type=click.IntRange(2, MAX_HOSTS), default=3, show_default=True)
 @click.option("--guests", type=click.IntRange(1, MAX_GUESTS), default=3, show_default=True)
-@click.option("--agent", type=click.Choice(["Guest", "VirtualDomain"]), default="VirtualDomain",
-              show_default=True)
-@click.option("--json", "json_file", type=click.Path(path_type=Path),
-              help="Also write the timeline as JSON to this file.")
+@click.option(
+    "--agent",
+    type=click.Choice(["Guest", "VirtualDomain"]),
+    default="VirtualDomain",
+    show_default=True,
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(path_type=Path),
+    help="Also write the timeline as JSON to this file.",
+)
 def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | None) -> None:
     """Bring a lab up, cut the power of a host that runs a guest, and time the recovery."""
     from kvmha.tools.lab.demo import run_demo

@@ -65,19 +65,32 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
     nodes = {}
     for n in root.iterfind("nodes/node"):
         name = n.get("name", "")
-        nodes[name] = NodeState(name, _true(n.get("online")), _true(n.get("standby")),
-                                _true(n.get("unclean")), _true(n.get("is_dc")))
+        nodes[name] = NodeState(
+            name,
+            _true(n.get("online")),
+            _true(n.get("standby")),
+            _true(n.get("unclean")),
+            _true(n.get("is_dc")),
+        )
     resources = {}
     for r in root.iter("resource"):
         rid = r.get("id", "")
         resources[rid] = ResourceState(
-            rid, r.get("resource_agent", ""), r.get("role", ""), _true(r.get("active")),
+            rid,
+            r.get("resource_agent", ""),
+            r.get("role", ""),
+            _true(r.get("active")),
             _true(r.get("failed")),
             tuple(sorted(x.get("name", "") for x in r.iterfind("node"))),
         )
     fencing = [
-        FenceEvent(e.get("target", ""), e.get("action", ""), e.get("status", ""),
-                   e.get("delegate", ""), e.get("completed", ""))
+        FenceEvent(
+            e.get("target", ""),
+            e.get("action", ""),
+            e.get("status", ""),
+            e.get("delegate", ""),
+            e.get("completed", ""),
+        )
         for e in root.iterfind("fence_history/fence_event")
     ]
     return ClusterState(quorate, dc, nodes, resources, fencing)

@@ -80,11 +80,21 @@ def seed_cib(empty_cib: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def _op(ops: ET.Element, rid: str, name: str, timeout: str, interval: str = "0s",
-        extra: dict[str, str] | None = None) -> None:
-    attrs = {"id": f"{rid}-{name}-{interval}", "name": name, "interval": interval,
-             "timeout": timeout}
-    op = ET.SubElement(ops, "op", **attrs)
+def _op(
+    ops: ET.Element,
+    rid: str,
+    name: str,
+    timeout: str,
+    interval: str = "0s",
+    extra: dict[str, str] | None = None,
+) -> None:
+    attrs = {
+        "id": f"{rid}-{name}-{interval}",
+        "name": name,
+        "interval": interval,
+        "timeout": timeout,
+    }
+    op = ET.SubElement(ops, "op", attrs)
     if extra:
         _nvset(op, "instance_attributes", f"{rid}-{name}-{interval}-attrs", extra)
 
@@ -92,12 +102,17 @@ def _op(ops: ET.Element, rid: str, name: str, timeout: str, interval: str = "0s"
 def fence_device(cfg: LabConfig) -> ET.Element:
     prim = ET.Element("primitive", id=FENCE_DEVICE_ID, type=FENCE_AGENT)
     prim.set("class", "stonith")
-    _nvset(prim, "instance_attributes", f"{FENCE_DEVICE_ID}-attrs", {
-        "socket": str(cfg.pdu_socket),
-        "pcmk_host_list": " ".join(cfg.host_names()),
-        # Like a PDU outlet switched off: a fenced host stays off until it is powered on.
-        "pcmk_reboot_action": "off",
-    })
+    _nvset(
+        prim,
+        "instance_attributes",
+        f"{FENCE_DEVICE_ID}-attrs",
+        {
+            "socket": str(cfg.pdu_socket),
+            "pcmk_host_list": " ".join(cfg.host_names()),
+            # Like a PDU outlet switched off: a fenced host stays off until it is powered on.
+            "pcmk_reboot_action": "off",
+        },
+    )
     ops = ET.SubElement(prim, "operations")
     _op(ops, FENCE_DEVICE_ID, "monitor", "20s", "60s")
     return prim

@@ -24,9 +24,20 @@ AGENTS = {
 }
 # Paths that are replaced inside every host: the labdir must not live below them.
 HOST_PRIVATE_PATHS = (
-    "/etc/corosync", "/etc/libvirt", "/etc/kvmha", "/var/lib/pacemaker", "/var/lib/corosync",
-    "/var/lib/libvirt", "/var/log/pacemaker", "/var/log/corosync", "/var/log/libvirt",
-    "/var/cache/libvirt", "/run", "/var/run", "/tmp", "/dev/shm",
+    "/etc/corosync",
+    "/etc/libvirt",
+    "/etc/kvmha",
+    "/var/lib/pacemaker",
+    "/var/lib/corosync",
+    "/var/lib/libvirt",
+    "/var/log/pacemaker",
+    "/var/log/corosync",
+    "/var/log/libvirt",
+    "/var/cache/libvirt",
+    "/run",
+    "/var/run",
+    "/tmp",  # noqa: S108 (a mount point)
+    "/dev/shm",  # noqa: S108 (a mount point)
 )
 
 
@@ -67,9 +78,7 @@ class LabConfig:
     def host_index(self, host: str) -> int:
         if host in self.host_names():
             return int(host[4:])
-        raise UsageError(
-            f"unknown host {host!r}", f"this lab has {', '.join(self.host_names())}"
-        )
+        raise UsageError(f"unknown host {host!r}", f"this lab has {', '.join(self.host_names())}")
 
     def host_netns(self, host: str) -> str:
         return f"{self.tag}-h{self.host_index(host)}"
@@ -129,8 +138,12 @@ class LabConfig:
 
     def save(self) -> None:
         self.labdir.mkdir(parents=True, exist_ok=True)
-        data = {"hosts": self.hosts, "guests": self.guests, "agent": self.agent,
-                "token_ms": self.token_ms}
+        data = {
+            "hosts": self.hosts,
+            "guests": self.guests,
+            "agent": self.agent,
+            "token_ms": self.token_ms,
+        }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(self.file)
@@ -142,9 +155,13 @@ class LabConfig:
             return None
         try:
             data = json.loads(f.read_text())
-            return cls(labdir=labdir, hosts=int(data["hosts"]), guests=int(data["guests"]),
-                       agent=str(data.get("agent", "VirtualDomain")),
-                       token_ms=int(data.get("token_ms", 1000)))
+            return cls(
+                labdir=labdir,
+                hosts=int(data["hosts"]),
+                guests=int(data["guests"]),
+                agent=str(data.get("agent", "VirtualDomain")),
+                token_ms=int(data.get("token_ms", 1000)),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise KvmhaError(f"{f} is damaged: {exc}", "run 'kvmha lab down --purge'") from exc
 

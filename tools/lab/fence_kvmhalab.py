@@ -53,8 +53,7 @@ METADATA = """<?xml version="1.0" ?>
 </resource-agent>
 """
 
-FLAGS = {"-o": "action", "--action": "action", "-n": "plug", "--plug": "plug",
-         "--socket": "socket"}
+FLAGS = {"-o": "action", "--action": "action", "-n": "plug", "--plug": "plug", "--socket": "socket"}
 
 
 def parse(argv: list[str], stdin_text: str) -> dict[str, str]:

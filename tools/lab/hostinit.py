@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmha.process import clean_env
+from kvmha.process import clean_env, signal_pid
 from kvmha.tools.lab.config import LabConfig
 
 CLONE_NEWNS = 0x00020000
@@ -45,7 +45,7 @@ BIND_MOUNTS = (
     ("var/log/corosync", "/var/log/corosync"),
     ("var/log/libvirt", "/var/log/libvirt"),
     ("var/cache/libvirt", "/var/cache/libvirt"),
-    ("tmp", "/tmp"),
+    ("tmp", "/tmp"),  # noqa: S108 (a mount point)
 )
 DAEMONS_FILE = "/run/kvmha-lab-daemons.json"
 
@@ -82,8 +82,8 @@ def boot(labdir: Path, host: str) -> int:
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(out, 2)
-            os.execv(sys.executable, [sys.executable, "-m", "kvmha.tools.lab.hostinit",
-                                      "init", str(labdir), host])
+            argv = [sys.executable, "-m", "kvmha.tools.lab.hostinit", "init", str(labdir), host]
+            os.execv(sys.executable, argv)  # noqa: S606 (no shell: our own init)
         finally:
             os._exit(127)
     return pid
@@ -125,14 +125,19 @@ class HostInit:
             shutil.rmtree(runlv)
         runlv.mkdir(parents=True)
         _sh("mount", "--bind", str(runlv), "/run/libvirt")
-        _sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", "/dev/shm")
+        _sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", "/dev/shm")  # noqa: S108
         _sh("hostname", self.host)
 
     def start(self, name: str, argv: list[str], log: str, env: dict[str, str] | None = None) -> int:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=clean_env(env),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=clean_env(env),
+                start_new_session=True,
+            )
         self.daemons[name] = proc.pid
         Path(DAEMONS_FILE).write_text(json.dumps(self.daemons))
         _log(f"started {name} pid {proc.pid}")
@@ -141,8 +146,13 @@ class HostInit:
     def wait_for(self, argv: list[str], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=clean_env(), check=False)
+            r = subprocess.run(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=clean_env(),
+                check=False,
+            )
             if r.returncode == 0:
                 return True
             time.sleep(0.1)
@@ -151,25 +161,28 @@ class HostInit:
     def start_stack(self) -> None:
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
         self.start("virtlogd", ["/usr/sbin/virtlogd"], "/var/log/libvirt/virtlogd.out")
-        self.start("libvirtd", ["/usr/sbin/libvirtd", "--listen",
-                                "--pid-file", "/run/libvirt/libvirtd.pid"],
-                   "/var/log/libvirt/libvirtd.out")
+        self.start(
+            "libvirtd",
+            ["/usr/sbin/libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"],
+            "/var/log/libvirt/libvirtd.out",
+        )
         self.start("corosync", ["/usr/sbin/corosync", "-f"], "/var/log/corosync/corosync.out")
         if not self.wait_for(["corosync-cfgtool", "-s"], 10):
             _log("corosync does not answer after 10 s")
         # pacemaker after libvirtd: its first probes ask libvirt about the guests
         self.wait_for(["virsh", "-c", "qemu:///system", "uri"], 30)
-        self.start("pacemakerd", ["/usr/sbin/pacemakerd"], "/var/log/pacemaker/pacemakerd.out",
-                   {"PCMK_logfacility": "none",
-                    "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"})
+        self.start(
+            "pacemakerd",
+            ["/usr/sbin/pacemakerd"],
+            "/var/log/pacemaker/pacemakerd.out",
+            {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"},
+        )
 
     def _stop(self, name: str, seconds: float) -> None:
         pid = self.daemons.get(name)
         if pid is None:
             return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
+        if not signal_pid(pid, signal.SIGTERM):
             return
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -177,10 +190,7 @@ class HostInit:
                 return
             time.sleep(0.05)
         _log(f"{name} did not stop in {seconds:.0f} s: killing it")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_pid(pid, signal.SIGKILL)
 
     def _reap_all(self, watch: int | None = None) -> bool:
         """Reap every exited child; True if watch was among them."""

@@ -149,8 +149,20 @@ def _build(cache: Path, kpkg: str, digest: str) -> Image:
         kernel_src = Path(kernels[-1])
         kver = kernel_src.name[len("vmlinuz-") :]
         root = work / "root"
-        for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "var/run", "var/log",
-                  "etc/acpi/PWRF", "lib/modules", "usr/sbin"):
+        for d in (
+            "bin",
+            "sbin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "run",
+            "var/run",
+            "var/log",
+            "etc/acpi/PWRF",
+            "lib/modules",
+            "usr/sbin",
+        ):
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(BUSYBOX, root / "bin" / "busybox")
         os.symlink("busybox", root / "bin" / "sh")
@@ -161,8 +173,11 @@ def _build(cache: Path, kpkg: str, digest: str) -> Image:
                 raise KvmhaError(f"kernel {kver} has no module {mod}")
             shutil.copy2(src, root / "lib" / "modules" / src.name)
         _copy_elf_with_libs(qroot / "usr" / "sbin" / "qemu-ga", root, "/usr/sbin/qemu-ga")
-        for name, target in (("init", "init"), ("PWRF", "etc/acpi/PWRF/00000080"),
-                             ("shutdown", "sbin/shutdown")):
+        for name, target in (
+            ("init", "init"),
+            ("PWRF", "etc/acpi/PWRF/00000080"),
+            ("shutdown", "sbin/shutdown"),
+        ):
             p = root / target
             p.write_bytes(_guest_file(name))
             p.chmod(0o755)
@@ -180,8 +195,15 @@ def _build(cache: Path, kpkg: str, digest: str) -> Image:
             p.chmod(0o644)
         img = Image(kernel, initrd, kver)
         (cache / "stamp.json").write_text(
-            json.dumps({"digest": digest, "kernel": str(kernel), "initrd": str(initrd),
-                        "kernel_version": kver}, indent=1)
+            json.dumps(
+                {
+                    "digest": digest,
+                    "kernel": str(kernel),
+                    "initrd": str(initrd),
+                    "kernel_version": kver,
+                },
+                indent=1,
+            )
         )
         return img
     finally:
@@ -192,8 +214,9 @@ def run_bytes(argv: list[str], stdin_text: str, cwd: str) -> bytes:
     """Run argv with text on stdin and return its binary stdout (cpio writes an archive)."""
     import subprocess
 
-    proc = subprocess.run(argv, input=stdin_text.encode(), capture_output=True, cwd=cwd,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        argv, input=stdin_text.encode(), capture_output=True, cwd=cwd, timeout=300, check=False
+    )
     if proc.returncode != 0:
         raise KvmhaError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

@@ -19,20 +19,30 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, pid_alive, run
+from kvmha.process import clean_env, pid_alive, run, signal_pid
 from kvmha.tools.lab import clusterconf, libvirtconf, network, power
 from kvmha.tools.lab.cluster import ClusterState, parse_crm_mon
 from kvmha.tools.lab.config import AGENTS, LabConfig, check_labdir
 from kvmha.tools.lab.image import DEFAULT_CACHE, ensure_image
 
 Progress = Callable[[str], None]
-REQUIRED_TOOLS = ("/usr/sbin/corosync", "/usr/sbin/pacemakerd", "/usr/sbin/libvirtd",
-                  "/usr/sbin/virtlogd", "/usr/bin/qemu-system-x86_64", "/usr/bin/nsenter",
-                  "/usr/sbin/cibadmin", "/usr/sbin/crm_mon")
-AGENT_PATHS = {"Guest": "/usr/lib/ocf/resource.d/kvmha/Guest",
-               "VirtualDomain": "/usr/lib/ocf/resource.d/heartbeat/VirtualDomain"}
+REQUIRED_TOOLS = (
+    "/usr/sbin/corosync",
+    "/usr/sbin/pacemakerd",
+    "/usr/sbin/libvirtd",
+    "/usr/sbin/virtlogd",
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/nsenter",
+    "/usr/sbin/cibadmin",
+    "/usr/sbin/crm_mon",
+)
+AGENT_PATHS = {
+    "Guest": "/usr/lib/ocf/resource.d/kvmha/Guest",
+    "VirtualDomain": "/usr/lib/ocf/resource.d/heartbeat/VirtualDomain",
+}
 FENCE_AGENT_PATH = "/usr/sbin/fence_kvmhalab"
 READY_MARKER = "KVMHA-GUEST-READY"
 
@@ -44,11 +54,13 @@ def _quiet(_: str) -> None:
 def check_prerequisites(agent: str) -> None:
     if os.geteuid() != 0:
         raise KvmhaError("the lab needs root (namespaces, mounts, daemons)", "run it as root")
-    missing = [t for t in (*REQUIRED_TOOLS, AGENT_PATHS[agent], FENCE_AGENT_PATH)
-               if not os.access(t, os.X_OK)]
+    missing = [
+        t
+        for t in (*REQUIRED_TOOLS, AGENT_PATHS[agent], FENCE_AGENT_PATH)
+        if not os.access(t, os.X_OK)
+    ]
     if missing:
-        raise KvmhaError(f"missing on this machine: {', '.join(missing)}",
-                         "run scripts/setup.sh")
+        raise KvmhaError(f"missing on this machine: {', '.join(missing)}", "run scripts/setup.sh")
     try:
         pwd.getpwnam("libvirt-qemu")
         pwd.getpwnam("hacluster")
@@ -86,11 +98,11 @@ class Lab:
         pid = power.init_pid(self.cfg, host)
         if pid is None or not pid_alive(pid):
             raise KvmhaError(f"{host} is powered off", f"run 'kvmha lab power-on {host}'")
-        return ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--wd=/", "--",
-                *argv]
+        return ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--wd=/", "--", *argv]
 
-    def run_in(self, host: str, argv: Sequence[str], timeout: float = 60.0,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run_in(
+        self, host: str, argv: Sequence[str], timeout: float = 60.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return run(self._nsenter(host, argv), timeout=timeout, check=check, env=clean_env())
 
     def exec_in(self, host: str, argv: Sequence[str]) -> int:
@@ -109,27 +121,35 @@ class Lab:
         for host in hosts:
             if not self.powered(host):
                 continue
-            r = self.run_in(host, ["crm_mon", "-1", "--output-as=xml",
-                                   "--include=fencing"], timeout=20, check=False)
+            r = self.run_in(
+                host,
+                ["crm_mon", "-1", "--output-as=xml", "--include=fencing"],
+                timeout=20,
+                check=False,
+            )
             if r.returncode == 0 and r.stdout.strip():
                 return parse_crm_mon(r.stdout)
         return None
 
-    def wait(self, what: str, cond: Callable[[], bool], timeout: float,
-             interval: float = 0.25) -> float:
+    def wait(
+        self, what: str, cond: Callable[[], bool], timeout: float, interval: float = 0.25
+    ) -> float:
         t0 = time.monotonic()
         deadline = t0 + timeout
         while True:
             if cond():
                 return time.monotonic() - t0
             if time.monotonic() > deadline:
-                raise KvmhaError(f"timed out after {timeout:.0f} s waiting for {what}",
-                                 "see 'kvmha lab logs HOST'")
+                raise KvmhaError(
+                    f"timed out after {timeout:.0f} s waiting for {what}",
+                    "see 'kvmha lab logs HOST'",
+                )
             time.sleep(interval)
 
     # ---- up -----------------------------------------------------------------
-    def up(self, hosts: int, guests: int, agent: str = "VirtualDomain",
-           token_ms: int = 1000) -> None:
+    def up(
+        self, hosts: int, guests: int, agent: str = "VirtualDomain", token_ms: int = 1000
+    ) -> None:
         wanted = LabConfig(self.labdir, hosts, guests, agent, token_ms)
         t0 = time.monotonic()
         if self._cfg is not None:
@@ -156,22 +176,32 @@ class Lab:
         self.say(f"{cfg.hosts} host(s) online, cluster quorate ({took:.1f} s)")
         if not self._resources_configured():
             self.say(f"adding the fence device and {cfg.guests} guest(s) ({AGENTS[agent]})")
-            self.run_in(cfg.host_names()[0], ["cibadmin", "--replace", "-o", "resources",
-                                              "--xml-text", clusterconf.resources_xml(cfg)])
+            self.run_in(
+                cfg.host_names()[0],
+                [
+                    "cibadmin",
+                    "--replace",
+                    "-o",
+                    "resources",
+                    "--xml-text",
+                    clusterconf.resources_xml(cfg),
+                ],
+            )
         if cfg.guests:
-            took = self.wait(f"{cfg.guests} guest(s) running and ready", self._guests_ready,
-                             240, interval=0.5)
+            took = self.wait(
+                f"{cfg.guests} guest(s) running and ready", self._guests_ready, 240, interval=0.5
+            )
             self.say(f"{cfg.guests} guest(s) running and ready ({took:.1f} s)")
         self.say(f"lab up in {time.monotonic() - t0:.1f} s")
 
     def _all_online(self) -> bool:
         st = self.cluster_state()
-        return bool(st and st.quorate and st.dc and
-                    len(st.online_nodes()) == self.cfg.hosts)
+        return bool(st and st.quorate and st.dc and len(st.online_nodes()) == self.cfg.hosts)
 
     def _resources_configured(self) -> bool:
-        r = self.run_in(self.cfg.host_names()[0], ["cibadmin", "-Q", "-o", "resources"],
-                        check=False, timeout=20)
+        r = self.run_in(
+            self.cfg.host_names()[0], ["cibadmin", "-Q", "-o", "resources"], check=False, timeout=20
+        )
         return clusterconf.FENCE_DEVICE_ID in r.stdout
 
     def guest_ready_since(self, guest: str, offset: int) -> bool:
@@ -193,8 +223,9 @@ class Lab:
         st = self.cluster_state()
         if st is None:
             return False
-        return all(st.running_on(g) and self.guest_ready_since(g, 0)
-                   for g in self.cfg.guest_names())
+        return all(
+            st.running_on(g) and self.guest_ready_since(g, 0) for g in self.cfg.guest_names()
+        )
 
     def _ensure_power_switch(self) -> None:
         pid = self.pdu_pid()
@@ -202,9 +233,14 @@ class Lab:
             return
         cfg = self.cfg
         log = open(cfg.pdu_dir / "power.log", "ab")  # noqa: SIM115 - handed to the daemon
-        proc = subprocess.Popen([sys.executable, "-m", "kvmha.tools.lab.power", str(cfg.labdir)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=clean_env())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvmha.tools.lab.power", str(cfg.labdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=clean_env(),
+        )
         log.close()
         (cfg.run_dir / "power.pid").write_text(f"{proc.pid}\n")
         self.wait("the lab power switch", cfg.pdu_socket.exists, 10, 0.05)
@@ -213,8 +249,8 @@ class Lab:
         """A fresh lab directory: configuration, host disks, guest definitions."""
         self.say(f"preparing {cfg.labdir}")
         cfg.labdir.mkdir(parents=True, exist_ok=True)
-        for d in ("hosts", "guests", "run", "power", "image"):
-            shutil.rmtree(cfg.labdir / d, ignore_errors=True)
+        for name in ("hosts", "guests", "run", "power", "image"):
+            shutil.rmtree(cfg.labdir / name, ignore_errors=True)
         for d in (cfg.run_dir, cfg.guests_dir, cfg.pdu_dir, cfg.image_dir):
             d.mkdir(parents=True)
         cfg.pdu_dir.chmod(0o700)
@@ -224,7 +260,8 @@ class Lab:
         names = [f"{cfg.host_address(h)} {h}" for h in cfg.host_names()]
         names += [f"{cfg.guest_address(g)} {g}" for g in cfg.guest_names()]
         (cfg.labdir / "hosts.txt").write_text(
-            "127.0.0.1 localhost\n::1 localhost\n" + "\n".join(names) + "\n")
+            "127.0.0.1 localhost\n::1 localhost\n" + "\n".join(names) + "\n"
+        )
         authkey = secrets.token_bytes(256)
         corosync_conf = clusterconf.corosync_conf(cfg)
         cib = clusterconf.seed_cib(run(["cibadmin", "--empty"]).stdout)
@@ -232,18 +269,33 @@ class Lab:
         for host in cfg.host_names():
             self._prepare_host(cfg, host, authkey, corosync_conf, cib, hacluster)
         for guest in cfg.guest_names():
-            xml = libvirtconf.guest_domain_xml(cfg, guest, str(cfg.image_dir / "vmlinuz"),
-                                               str(cfg.image_dir / "initrd.img"))
+            xml = libvirtconf.guest_domain_xml(
+                cfg, guest, str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
+            )
             (cfg.guests_dir / f"{guest}.xml").write_text(xml)
         cfg.save()
 
     @staticmethod
-    def _prepare_host(cfg: LabConfig, host: str, authkey: bytes, corosync_conf: str, cib: str,
-                      hacluster: pwd.struct_passwd) -> None:
+    def _prepare_host(
+        cfg: LabConfig,
+        host: str,
+        authkey: bytes,
+        corosync_conf: str,
+        cib: str,
+        hacluster: pwd.struct_passwd,
+    ) -> None:
         hd = cfg.host_dir(host)
-        for d in ("etc/corosync", "etc/kvmha", "var/lib/corosync", "var/log/corosync",
-                  "var/lib/libvirt", "var/log/libvirt/qemu", "var/cache/libvirt", "tmp",
-                  "run/libvirt"):
+        for d in (
+            "etc/corosync",
+            "etc/kvmha",
+            "var/lib/corosync",
+            "var/log/corosync",
+            "var/lib/libvirt",
+            "var/log/libvirt/qemu",
+            "var/cache/libvirt",
+            "tmp",
+            "run/libvirt",
+        ):
             (hd / d).mkdir(parents=True, exist_ok=True)
         (hd / "tmp").chmod(0o1777)
         (hd / "etc/kvmha").chmod(0o750)
@@ -255,11 +307,15 @@ class Lab:
         key.write_bytes(authkey)
         key.chmod(0o400)
         uid, gid = hacluster.pw_uid, hacluster.pw_gid
-        for d, mode in (("var/lib/pacemaker", 0o750), ("var/lib/pacemaker/cib", 0o750),
-                        ("var/lib/pacemaker/pengine", 0o750),
-                        ("var/lib/pacemaker/blackbox", 0o750),
-                        ("var/lib/pacemaker/cores", 0o750), ("var/log/pacemaker", 0o770),
-                        ("var/log/pacemaker/bundles", 0o770)):
+        for d, mode in (
+            ("var/lib/pacemaker", 0o750),
+            ("var/lib/pacemaker/cib", 0o750),
+            ("var/lib/pacemaker/pengine", 0o750),
+            ("var/lib/pacemaker/blackbox", 0o750),
+            ("var/lib/pacemaker/cores", 0o750),
+            ("var/log/pacemaker", 0o770),
+            ("var/log/pacemaker/bundles", 0o770),
+        ):
             p = hd / d
             p.mkdir(parents=True, exist_ok=True)
             p.chmod(mode)
@@ -273,15 +329,17 @@ class Lab:
     def power_cut(self, host: str) -> None:
         self.cfg.host_index(host)
         if not self.powered(host):
-            raise UsageError(f"{host} is already powered off",
-                             f"'kvmha lab power-on {host}' turns it on")
+            raise UsageError(
+                f"{host} is already powered off", f"'kvmha lab power-on {host}' turns it on"
+            )
         power.request(self.cfg.pdu_socket, "off", host, "admin")
 
     def power_on(self, host: str) -> None:
         self.cfg.host_index(host)
         if self.powered(host):
-            raise UsageError(f"{host} is already powered on",
-                             f"'kvmha lab power-cut {host}' cuts its power")
+            raise UsageError(
+                f"{host} is already powered on", f"'kvmha lab power-cut {host}' cuts its power"
+            )
         power.request(self.cfg.pdu_socket, "on", host, "admin")
 
     def isolate(self, host: str) -> None:
@@ -297,14 +355,14 @@ class Lab:
         network.set_cable(self.cfg, host, True)
 
     # ---- status -------------------------------------------------------------
-    def power_events(self) -> list[dict[str, object]]:
+    def power_events(self) -> list[dict[str, Any]]:
         try:
             lines = (self.cfg.pdu_dir / "events.jsonl").read_text().splitlines()
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         cfg = self.cfg
         st = self.cluster_state()
         events = self.power_events()
@@ -320,10 +378,15 @@ class Lab:
                 state = "standby" if node.standby else "online"
             else:
                 state = "offline"
-            hosts.append({"name": h, "state": state, "address": cfg.host_address(h),
-                          "power": "on" if on else "off",
-                          "network": "connected" if network.cable_connected(cfg, h)
-                          else "isolated"})
+            hosts.append(
+                {
+                    "name": h,
+                    "state": state,
+                    "address": cfg.host_address(h),
+                    "power": "on" if on else "off",
+                    "network": "connected" if network.cable_connected(cfg, h) else "isolated",
+                }
+            )
         guests = []
         for g in cfg.guest_names():
             rs = st.resources.get(g) if st else None
@@ -336,23 +399,39 @@ class Lab:
                 ghost = rs.nodes[0]
             else:
                 gstate, ghost = "stopped", None
-            guests.append({"name": g, "host": ghost, "state": gstate,
-                           "address": cfg.guest_address(g)})
-        last_fence: dict[str, object] | None = None
+            guests.append(
+                {"name": g, "host": ghost, "state": gstate, "address": cfg.guest_address(g)}
+            )
+        last_fence: dict[str, Any] | None = None
         if st and st.fencing:
             done = sorted(st.fencing, key=lambda e: e.completed)
             e = done[-1]
-            last_fence = {"target": e.target, "action": e.action, "status": e.status,
-                          "delegate": e.delegate, "completed": e.completed}
-        return {"labdir": str(cfg.labdir), "agent": AGENTS[cfg.agent],
-                "quorate": bool(st and st.quorate), "dc": st.dc if st else None,
-                "hosts": hosts, "guests": guests, "last_fence": last_fence}
+            last_fence = {
+                "target": e.target,
+                "action": e.action,
+                "status": e.status,
+                "delegate": e.delegate,
+                "completed": e.completed,
+            }
+        return {
+            "labdir": str(cfg.labdir),
+            "agent": AGENTS[cfg.agent],
+            "quorate": bool(st and st.quorate),
+            "dc": st.dc if st else None,
+            "hosts": hosts,
+            "guests": guests,
+            "last_fence": last_fence,
+        }
 
     # ---- logs ---------------------------------------------------------------
     def log_files(self, host: str) -> list[Path]:
         hd = self.cfg.host_dir(host)
-        return [hd / "console.log", hd / "var/log/corosync/corosync.log",
-                hd / "var/log/pacemaker/pacemaker.log", hd / "var/log/libvirt/libvirtd.log"]
+        return [
+            hd / "console.log",
+            hd / "var/log/corosync/corosync.log",
+            hd / "var/log/pacemaker/pacemaker.log",
+            hd / "var/log/libvirt/libvirtd.log",
+        ]
 
     def logs(self, host: str, lines: int) -> str:
         self.cfg.host_index(host)
@@ -401,10 +480,7 @@ class Lab:
             for p in power.netns_pids(ns):
                 if pid_alive(p):
                     self.say(f"killing leftover pid {p} in {ns}")
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    signal_pid(p, signal.SIGKILL)
         network.delete(cfg)
         left = network.lab_netns(cfg)
         if left:

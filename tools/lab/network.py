@@ -31,8 +31,23 @@ def create(cfg: LabConfig) -> None:
             continue
         port = cfg.switch_port(host)
         run(["ip", "netns", "add", ns])
-        run(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-             "netns", ns])
+        run(
+            [
+                "ip",
+                "-n",
+                sw,
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ]
+        )
         run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
@@ -46,13 +61,23 @@ def set_cable(cfg: LabConfig, host: str, connected: bool) -> None:
     """Plug or unplug the host's cable at the switch."""
     if cfg.switch_netns not in existing_netns():
         raise KvmhaError("the lab network is not there", "run 'kvmha lab up'")
-    run(["ip", "-n", cfg.switch_netns, "link", "set", cfg.switch_port(host),
-         "up" if connected else "down"])
+    run(
+        [
+            "ip",
+            "-n",
+            cfg.switch_netns,
+            "link",
+            "set",
+            cfg.switch_port(host),
+            "up" if connected else "down",
+        ]
+    )
 
 
 def cable_connected(cfg: LabConfig, host: str) -> bool:
-    out = run(["ip", "-n", cfg.switch_netns, "-o", "link", "show", cfg.switch_port(host)],
-              check=False).stdout
+    out = run(
+        ["ip", "-n", cfg.switch_netns, "-o", "link", "show", cfg.switch_port(host)], check=False
+    ).stdout
     if "<" not in out:
         return False
     flags = out.split("<", 1)[1].split(">", 1)[0].split(",")

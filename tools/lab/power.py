@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from kvmha.process import pid_alive
+from kvmha.process import pid_alive, signal_pid
 from kvmha.tools.lab.config import LabConfig
 
 MAX_LINE = 256
@@ -51,15 +51,20 @@ def is_on(cfg: LabConfig, host: str) -> bool:
 
 
 def netns_pids(netns: str) -> list[int]:
-    r = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                       check=False, timeout=10)
+    r = subprocess.run(
+        ["ip", "netns", "pids", netns], capture_output=True, text=True, check=False, timeout=10
+    )
     return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
 
 
 def boot_host(cfg: LabConfig, host: str) -> int:
-    r = subprocess.run([sys.executable, "-m", "kvmha.tools.lab.hostinit", "boot",
-                        str(cfg.labdir), host], capture_output=True, text=True,
-                       check=False, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "kvmha.tools.lab.hostinit", "boot", str(cfg.labdir), host],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     if r.returncode != 0 or not r.stdout.strip().isdigit():
         raise PowerError(f"could not boot {host}: {r.stderr.strip() or r.stdout.strip()}")
     pid = int(r.stdout.strip())
@@ -71,10 +76,7 @@ def cut_power(cfg: LabConfig, host: str, seconds: float = 15.0) -> None:
     """SIGKILL the host's init, then wait until nothing of the host runs any more."""
     pid = init_pid(cfg, host)
     if pid is not None and pid_alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_pid(pid, signal.SIGKILL)
     deadline = time.monotonic() + seconds
     ns = cfg.host_netns(host)
     while time.monotonic() < deadline:
@@ -92,8 +94,14 @@ class PowerSwitch:
         self.log_lock = threading.Lock()
 
     def event(self, action: str, host: str, origin: str, result: str, t0: float) -> None:
-        rec = {"t": t0, "done": time.time(), "action": action, "host": host, "origin": origin,
-               "result": result}
+        rec = {
+            "t": t0,
+            "done": time.time(),
+            "action": action,
+            "host": host,
+            "origin": origin,
+            "result": result,
+        }
         with self.log_lock, open(self.cfg.pdu_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -104,7 +112,8 @@ class PowerSwitch:
         action, host, origin = parts
         if action == "list":
             return "OK " + ",".join(
-                f"{h}={'on' if is_on(self.cfg, h) else 'off'}" for h in self.cfg.host_names())
+                f"{h}={'on' if is_on(self.cfg, h) else 'off'}" for h in self.cfg.host_names()
+            )
         if host not in self.locks:
             return f"ERR unknown host {host}"
         if action not in ("on", "off", "reboot", "status"):
@@ -125,7 +134,7 @@ class PowerSwitch:
             return "OK on" if is_on(self.cfg, host) else "OK off"
 
 
-def serve(cfg: LabConfig) -> None:
+def serve(cfg: LabConfig, handle_sigterm: bool = True) -> None:
     switch = PowerSwitch(cfg)
     sock_path = cfg.pdu_socket
     if sock_path.exists():
@@ -146,12 +155,16 @@ def serve(cfg: LabConfig) -> None:
 
     with Server(str(sock_path), Handler) as server:
         os.chmod(sock_path, 0o600)
-        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        if handle_sigterm:
+            signal.signal(
+                signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start()
+            )
         server.serve_forever(poll_interval=0.2)
 
 
-def request(sock_path: Path | str, action: str, host: str, origin: str,
-            timeout: float = 60.0) -> str:
+def request(
+    sock_path: Path | str, action: str, host: str, origin: str, timeout: float = 60.0
+) -> str:
     """Ask the power switch; returns the state word, raises PowerError on ERR."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

@@ -1,0 +1,60 @@
+"""Shared fixtures: real labs (1 and 3 hosts) for the integration tests.
+
+A lab is brought up once per session and always taken down at the end, also when a
+test fails; a failing test gets the last lines of every host's logs in its report.
+A missing component makes the lab fixture fail: it is never a silent skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmha.tools.lab.lab import Lab
+
+TEST_LABS = Path("/var/lib/kvmha-test")
+
+
+def _progress(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+def make_lab(name: str, hosts: int, guests: int, agent: str = "VirtualDomain") -> Iterator[Lab]:
+    labdir = TEST_LABS / name
+    Lab(labdir, _progress).down(purge=True)  # leftovers of an interrupted run
+    lab = Lab(labdir, _progress)
+    try:
+        lab.up(hosts, guests, agent)
+        yield lab
+    finally:
+        Lab(labdir, _progress).down()
+
+
+@pytest.fixture(scope="session")
+def lab3() -> Iterator[Lab]:
+    """Three hosts, three guests under Pacemaker, fencing through the lab power switch."""
+    yield from make_lab("lab3", 3, 3)
+
+
+@pytest.fixture(scope="module")
+def lab1() -> Iterator[Lab]:
+    """One host with one guest."""
+    yield from make_lab("lab1", 1, 1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        for value in funcargs.values():
+            if isinstance(value, Lab) and value.is_configured():
+                for host in value.cfg.host_names():
+                    try:
+                        text = value.logs(host, 60)
+                    except Exception as exc:  # a report must never hide the failure
+                        text = f"(could not read logs: {exc})"
+                    report.sections.append((f"lab logs: {host}", text))
