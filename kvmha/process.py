@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
 from kvmha.errors import CommandFailed, KvmhaError
@@ -52,6 +53,15 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, (proc.stderr or "") + (proc.stdout or ""))
     return proc
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """argv that runs one of kvmha's modules with this interpreter.
+
+    -I keeps the caller's working directory off sys.path: run from a source checkout,
+    its kvmha/ folder would otherwise hide the installed package's sub-packages.
+    """
+    return [sys.executable, "-I", "-m", module, *args]
 
 
 def pid_alive(pid: int) -> bool:

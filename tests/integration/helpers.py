@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from kvmha.process import module_argv
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: fl
 def kvmha(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the kvmha CLI as an admin would (a separate process)."""
     return subprocess.run(
-        [sys.executable, "-m", "kvmha.tools.cli", *args],
+        module_argv("kvmha.tools.cli", *args),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from kvmha.process import pid_alive
+from kvmha.process import module_argv, pid_alive
 from kvmha.tools.lab import network, power
 from kvmha.tools.lab.config import LabConfig
 from kvmha.tools.lab.lab import Lab
@@ -70,19 +69,9 @@ def test_down_after_full_up_and_kill_9(fresh: Lab) -> None:
 
 def test_down_after_interrupted_up(fresh: Lab) -> None:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kvmha.tools.cli",
-            "lab",
-            "up",
-            "--hosts",
-            "2",
-            "--guests",
-            "0",
-            "--labdir",
-            str(LABDIR),
-        ],
+        module_argv(
+            "kvmha.tools.cli", "lab", "up", "--hosts", "2", "--guests", "0", "--labdir", str(LABDIR)
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmha.process import module_argv
 from kvmha.tools.lab import fence_kvmhalab, power
 from kvmha.tools.lab.config import LabConfig
 
@@ -70,7 +70,7 @@ def test_request_without_a_switch(tmp_path: Path) -> None:
 
 def run_agent(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kvmha.tools.lab.fence_kvmhalab", *args],
+        module_argv("kvmha.tools.lab.fence_kvmhalab", *args),
         input=stdin,
         capture_output=True,
         text=True,

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmha.process import clean_env, signal_pid
+from kvmha.process import clean_env, module_argv, signal_pid
 from kvmha.tools.lab.config import LabConfig
 
 CLONE_NEWNS = 0x00020000
@@ -82,8 +82,8 @@ def boot(labdir: Path, host: str) -> int:
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(out, 2)
-            argv = [sys.executable, "-m", "kvmha.tools.lab.hostinit", "init", str(labdir), host]
-            os.execv(sys.executable, argv)  # noqa: S606 (no shell: our own init)
+            argv = module_argv("kvmha.tools.lab.hostinit", "init", str(labdir), host)
+            os.execv(argv[0], argv)  # noqa: S606 (no shell: our own init)
         finally:
             os._exit(127)
     return pid

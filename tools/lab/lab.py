@@ -15,14 +15,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, pid_alive, run, signal_pid
+from kvmha.process import clean_env, module_argv, pid_alive, run, signal_pid
 from kvmha.tools.lab import clusterconf, libvirtconf, network, power
 from kvmha.tools.lab.cluster import ClusterState, parse_crm_mon
 from kvmha.tools.lab.config import AGENTS, LabConfig, check_labdir
@@ -234,7 +233,7 @@ class Lab:
         cfg = self.cfg
         log = open(cfg.pdu_dir / "power.log", "ab")  # noqa: SIM115 - handed to the daemon
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmha.tools.lab.power", str(cfg.labdir)],
+            module_argv("kvmha.tools.lab.power", str(cfg.labdir)),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

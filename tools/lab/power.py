@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from kvmha.process import pid_alive, signal_pid
+from kvmha.process import module_argv, pid_alive, signal_pid
 from kvmha.tools.lab.config import LabConfig
 
 MAX_LINE = 256
@@ -59,7 +59,7 @@ def netns_pids(netns: str) -> list[int]:
 
 def boot_host(cfg: LabConfig, host: str) -> int:
     r = subprocess.run(
-        [sys.executable, "-m", "kvmha.tools.lab.hostinit", "boot", str(cfg.labdir), host],
+        module_argv("kvmha.tools.lab.hostinit", "boot", str(cfg.labdir), host),
         capture_output=True,
         text=True,
         check=False,
@@ -137,8 +137,11 @@ class PowerSwitch:
 def serve(cfg: LabConfig, handle_sigterm: bool = True) -> None:
     switch = PowerSwitch(cfg)
     sock_path = cfg.pdu_socket
-    if sock_path.exists():
-        sock_path.unlink()
+    # bound under a temporary name and renamed once listening: the socket's existence
+    # means the switch answers
+    tmp_path = sock_path.with_suffix(".new")
+    for p in (sock_path, tmp_path):
+        p.unlink(missing_ok=True)
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
@@ -153,8 +156,9 @@ def serve(cfg: LabConfig, handle_sigterm: bool = True) -> None:
     class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         daemon_threads = True
 
-    with Server(str(sock_path), Handler) as server:
-        os.chmod(sock_path, 0o600)
+    with Server(str(tmp_path), Handler) as server:
+        os.chmod(tmp_path, 0o600)
+        os.replace(tmp_path, sock_path)
         if handle_sigterm:
             signal.signal(
                 signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start()
