@@ -1,0 +1,114 @@
+"""Double-start guard: ask the other hosts' libvirt whether they run the guest.
+
+Peers are ``peer_uris`` (``%n`` expands to every other cluster node), or by default every
+other node of ``crm_node -l`` through the migration remote URI (remoteuri, or hypervisor
+with migration_transport / migration_user / migration_network_suffix).  All peers are
+asked in parallel, read-only, within one time budget; a peer that cannot be reached in
+time is skipped with a warning (a powered-off or fenced host runs nothing; a host that
+runs the guest but cannot be reached is what fencing is for).  Without a cluster node list
+and without peer_uris the guard is skipped with an info message.
+"""
+
+from __future__ import annotations
+
+import _thread
+import time
+
+from . import migration
+from .virt import err_text, load_libvirt
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List
+
+    from .guest_params import Params
+    from .ocf import Env, Logger
+
+
+def _crm_node(args: List[str], timeout: float) -> str | None:
+    import subprocess
+
+    try:
+        res = subprocess.run(["crm_node", *args], capture_output=True, check=False, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.decode("utf-8", "replace") if res.returncode == 0 else None
+
+
+def cluster_nodes(timeout: float) -> List[str] | None:
+    """Node names from `crm_node -l` ("id name state" lines), or None without a cluster."""
+    out = _crm_node(["-l"], timeout)
+    if out is None:
+        return None
+    nodes = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            nodes.append(fields[1])
+    return nodes
+
+
+def peer_uris(p: Params, env: Env, budget: float, log: Logger) -> List[str]:
+    spec = p.s("peer_uris")
+    if spec.lower() == "none":
+        return []
+    if spec and "%n" not in spec:
+        return spec.split()
+    nodes = cluster_nodes(min(budget, 3.0))
+    if nodes is None:
+        log.info(
+            "double-start guard skipped: no cluster node list (crm_node -l failed) "
+            "and no peer_uris"
+        )
+        return []
+    me = env.meta("on_node") or (_crm_node(["-n"], min(budget, 3.0)) or "").strip()
+    others = [n for n in nodes if n != me]
+    if spec:
+        return [u.replace("%n", n) for n in others for u in spec.split()]
+    return [migration.remote_uri(p, n) for n in others]
+
+
+def running_on_peers(p: Params, env: Env, name: str, budget: float, log: Logger) -> List[str]:
+    """URIs of peers whose libvirt reports ``name`` active."""
+    t0 = time.monotonic()
+    uris = peer_uris(p, env, budget, log)
+    if not uris:
+        return []
+    libvirt = load_libvirt()
+    results: Dict[str, str] = {}
+    lock = _thread.allocate_lock()
+
+    def ask(uri: str) -> None:
+        try:
+            conn = libvirt.openReadOnly(uri)
+            try:
+                try:
+                    dom = conn.lookupByName(name)
+                    verdict = "running" if dom.isActive() else "stopped"
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    verdict = "stopped"
+            finally:
+                conn.close()
+        except Exception as e:
+            verdict = f"unreachable: {err_text(e)}"
+        with lock:
+            results[uri] = verdict
+
+    for uri in uris:
+        _thread.start_new_thread(ask, (uri,))
+    end = t0 + budget
+    while time.monotonic() < end:
+        with lock:
+            if len(results) == len(uris):
+                break
+        time.sleep(0.02)
+    with lock:
+        snapshot = dict(results)
+    running = [u for u, v in snapshot.items() if v == "running"]
+    for uri in uris:
+        verdict = snapshot.get(uri, f"no answer within {budget:g}s")
+        if verdict.startswith(("unreachable", "no answer")):
+            log.warning(f"double-start guard: peer {uri} not checked ({verdict})")
+    return running
