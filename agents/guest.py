@@ -466,16 +466,19 @@ class Guest:
             raise AgentError(ocf.ERR_GENERIC, f"failed to start {name}: {err_text(e)}") from None
 
     def finish_start(self, dom: Any, name: str) -> int:
-        """After start/migrate_from: monitor scripts must pass (retried until the
-        deadline), then utilization."""
+        """After start/migrate_from: the guest counts as started once its monitor scripts
+        and its health checks pass (retried until the deadline: a guest that has just been
+        created is still booting, and a deep monitor right after start must not fail on
+        that), then utilization."""
         while True:
             try:
                 self.run_monitor_scripts(name)
+                self.health(dom, name)
                 break
             except AgentError as e:
                 if self.remaining() < 1.5:
                     raise AgentError(ocf.ERR_GENERIC, f"{name} runs but {e.reason}") from None
-                time.sleep(1.0)
+                time.sleep(0.5)
         self.update_utilization(dom)
         return ocf.SUCCESS
 

@@ -37,7 +37,9 @@ def _progress(stats: Dict[str, Any]) -> str:
     done = int(stats.get("data_processed", 0) or 0)
     left = int(stats.get("data_remaining", 0) or 0)
     elapsed = int(stats.get("time_elapsed", 0) or 0) / 1000.0
-    pct = f"{100.0 * done / total:.0f}%" if total else "?%"
+    if not total:
+        return f"setting up (no data moved yet), elapsed {elapsed:.1f}s"
+    pct = f"{100.0 * done / total:.0f}%"
     mib = 1024 * 1024
     return (
         f"{pct} ({done // mib}/{total // mib} MiB, {left // mib} MiB left), "

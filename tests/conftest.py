@@ -21,7 +21,7 @@ def _progress(msg: str) -> None:
     print(f"[lab] {msg}", flush=True)
 
 
-def make_lab(name: str, hosts: int, guests: int, agent: str = "VirtualDomain") -> Iterator[Lab]:
+def make_lab(name: str, hosts: int, guests: int, agent: str = "Guest") -> Iterator[Lab]:
     labdir = TEST_LABS / name
     Lab(labdir, _progress).down(purge=True)  # leftovers of an interrupted run
     lab = Lab(labdir, _progress)
@@ -54,7 +54,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if isinstance(value, Lab) and value.is_configured():
                 for host in value.cfg.host_names():
                     try:
-                        text = value.logs(host, 60)
+                        # notices and worse: Pacemaker's info lines would drown them
+                        lines = value.logs(host, 400).splitlines()
+                        keep = [x for x in lines if " info: " not in x and "debug" not in x]
+                        text = "\n".join(keep[-80:])
                     except Exception as exc:  # a report must never hide the failure
                         text = f"(could not read logs: {exc})"
                     report.sections.append((f"lab logs: {host}", text))

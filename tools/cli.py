@@ -76,7 +76,7 @@ def lab() -> None:
 @click.option(
     "--agent",
     type=click.Choice(["Guest", "VirtualDomain"]),
-    default="VirtualDomain",
+    default="Guest",
     show_default=True,
     help="Resource agent that runs the guests.",
 )
@@ -170,7 +170,7 @@ def logs(labdir: Path, host: str, lines: int) -> None:
 @click.option(
     "--agent",
     type=click.Choice(["Guest", "VirtualDomain"]),
-    default="VirtualDomain",
+    default="Guest",
     show_default=True,
 )
 @click.option(

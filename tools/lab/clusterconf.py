@@ -128,13 +128,19 @@ def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
         "migration_transport": "tcp",
     }
     if cfg.agent == "Guest":
+        # software HA: the deep monitor (OCF_CHECK_LEVEL=10) asks the guest agent and the
+        # guest's own HTTP service
         params["shutdown_timeout"] = "20"
+        params["health_agent_ping"] = "true"
+        params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
     _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
     _nvset(prim, "meta_attributes", f"{guest}-meta", {"allow-migrate": "true"})
     ops = ET.SubElement(prim, "operations")
     _op(ops, guest, "start", "60s")
     _op(ops, guest, "stop", "60s")
     _op(ops, guest, "monitor", "30s", "10s")
+    if cfg.agent == "Guest":
+        _op(ops, guest, "monitor", "30s", "15s", {"OCF_CHECK_LEVEL": "10"})
     _op(ops, guest, "migrate_to", "120s")
     _op(ops, guest, "migrate_from", "60s")
     return prim

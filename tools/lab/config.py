@@ -46,7 +46,7 @@ class LabConfig:
     labdir: Path
     hosts: int
     guests: int
-    agent: str = "VirtualDomain"
+    agent: str = "Guest"
     token_ms: int = 1000
 
     def __post_init__(self) -> None:
@@ -159,7 +159,7 @@ class LabConfig:
                 labdir=labdir,
                 hosts=int(data["hosts"]),
                 guests=int(data["guests"]),
-                agent=str(data.get("agent", "VirtualDomain")),
+                agent=str(data.get("agent", "Guest")),
                 token_ms=int(data.get("token_ms", 1000)),
             )
         except (ValueError, KeyError, TypeError) as exc:

@@ -48,6 +48,9 @@ BIND_MOUNTS = (
     ("tmp", "/tmp"),  # noqa: S108 (a mount point)
 )
 DAEMONS_FILE = "/run/kvmha-lab-daemons.json"
+# Like their systemd units (Restart=on-failure): libvirtd and virtlogd come back after a
+# crash; corosync does not, and pacemakerd is left alone (its children outlive it).
+RESTART_DELAY = {"libvirtd": 1.0, "virtlogd": 1.0}
 
 
 def _libc() -> ctypes.CDLL:
@@ -93,6 +96,10 @@ def _sh(*argv: str) -> None:
     subprocess.run(argv, check=True, timeout=60)
 
 
+def _unblock_sigchld() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
 def _log(msg: str) -> None:
     print(f"{time.strftime('%F %T')} init: {msg}", flush=True)
 
@@ -103,6 +110,8 @@ class HostInit:
         self.host = host
         self.hdir = cfg.host_dir(host)
         self.daemons: dict[str, int] = {}
+        self.commands: dict[str, tuple[list[str], str, dict[str, str] | None]] = {}
+        self.restart_at: dict[str, float] = {}
         self.stopping = False
 
     def mounts(self) -> None:
@@ -129,6 +138,7 @@ class HostInit:
         _sh("hostname", self.host)
 
     def start(self, name: str, argv: list[str], log: str, env: dict[str, str] | None = None) -> int:
+        self.commands[name] = (argv, log, env)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 argv,
@@ -137,6 +147,8 @@ class HostInit:
                 stderr=subprocess.STDOUT,
                 env=clean_env(env),
                 start_new_session=True,
+                # the init blocks SIGCHLD to wait for it; a daemon must not inherit that
+                preexec_fn=_unblock_sigchld,
             )
         self.daemons[name] = proc.pid
         Path(DAEMONS_FILE).write_text(json.dumps(self.daemons))
@@ -211,6 +223,18 @@ class HostInit:
             if dpid == pid:
                 _log(f"{name} (pid {pid}) exited with status {status}")
                 del self.daemons[name]
+                if name in RESTART_DELAY and not self.stopping:
+                    self.restart_at[name] = time.monotonic() + RESTART_DELAY[name]
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[name]
+                argv, log, env = self.commands[name]
+                if name == "libvirtd":  # a killed libvirtd leaves its pid file behind
+                    Path("/run/libvirt/libvirtd.pid").unlink(missing_ok=True)
+                self.start(name, argv, log, env)
 
     def shutdown(self, *_: object) -> None:
         """Graceful power-off: the cluster stack first (it stops or moves guests)."""
@@ -232,13 +256,13 @@ class HostInit:
         self.mounts()
         self.start_stack()
         _log("up")
+        # SIGCHLD is blocked and waited for: orphans (QEMU) are reaped at once, and the
+        # timeout lets crashed daemons be restarted on time
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                time.sleep(1)
-                continue
-            self._note_exit(pid, status)
+            signal.sigtimedwait({signal.SIGCHLD}, 0.5)
+            self._reap_all()
+            self._restart_due()
 
 
 def main(argv: list[str]) -> None:

@@ -147,7 +147,7 @@ class Lab:
 
     # ---- up -----------------------------------------------------------------
     def up(
-        self, hosts: int, guests: int, agent: str = "VirtualDomain", token_ms: int = 1000
+        self, hosts: int, guests: int, agent: str = "Guest", token_ms: int = 1000
     ) -> None:
         wanted = LabConfig(self.labdir, hosts, guests, agent, token_ms)
         t0 = time.monotonic()
