@@ -62,7 +62,10 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[int, float, float]:
     return proc.returncode, wall, ru.ru_utime + ru.ru_stime
 
 
-def agent_env(config: str, params: dict[str, str], interval_ms: int = 0) -> dict[str, str]:
+def agent_env(
+    agent: str, config: str, params: dict[str, str], interval_ms: int = 0
+) -> dict[str, str]:
+    """What pacemaker-execd gives an OCF agent (ocf-rarun dispatches on the type)."""
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -70,7 +73,8 @@ def agent_env(config: str, params: dict[str, str], interval_ms: int = 0) -> dict
         "OCF_RA_VERSION_MAJOR": "1",
         "OCF_RA_VERSION_MINOR": "1",
         "OCF_RESOURCE_INSTANCE": RESOURCE,
-        "OCF_RESOURCE_TYPE": "bench",
+        "OCF_RESOURCE_TYPE": os.path.basename(AGENTS[agent]),
+        "OCF_RESOURCE_PROVIDER": os.path.basename(os.path.dirname(AGENTS[agent])),
         "OCF_RESKEY_CRM_meta_timeout": "60000",
         "OCF_RESKEY_CRM_meta_interval": str(interval_ms),
         "OCF_RESKEY_CRM_meta_on_node": "host1",
@@ -104,17 +108,18 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             for agent, path in AGENTS.items():
                 params = per_agent[agent]
                 size = serial.stat().st_size if serial.exists() else 0
-                rc, wall, cpu = timed([path, "start"], agent_env(config, params))
+                rc, wall, cpu = timed([path, "start"], agent_env(agent, config, params))
                 if rc != 0:
                     raise SystemExit(f"start of {agent} failed")
                 samples[cname][agent]["start"].append((wall, cpu))
                 wait_ready(serial, size)
                 for _ in range(args.monitors):
-                    rc, wall, cpu = timed([path, "monitor"], agent_env(config, params, 10000))
+                    env = agent_env(agent, config, params, 10000)
+                    rc, wall, cpu = timed([path, "monitor"], env)
                     if rc != 0:
                         raise SystemExit(f"monitor of {agent} gave {rc}")
                     samples[cname][agent]["monitor"].append((wall, cpu))
-                rc, wall, cpu = timed([path, "stop"], agent_env(config, params))
+                rc, wall, cpu = timed([path, "stop"], agent_env(agent, config, params))
                 if rc != 0:
                     raise SystemExit(f"stop of {agent} failed")
                 samples[cname][agent]["stop"].append((wall, cpu))
