@@ -187,4 +187,4 @@ def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | No
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="kvmha")
