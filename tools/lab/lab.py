@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmha.errors import KvmhaError, UsageError
+from kvmha.pcmk import CRM_MON_ARGV, ClusterState, parse_crm_mon
 from kvmha.process import clean_env, module_argv, pid_alive, run, signal_pid
 from kvmha.tools.lab import clusterconf, libvirtconf, network, power
-from kvmha.tools.lab.cluster import ClusterState, parse_crm_mon
 from kvmha.tools.lab.config import AGENTS, LabConfig, check_labdir
 from kvmha.tools.lab.image import DEFAULT_CACHE, ensure_image
 
@@ -120,12 +120,7 @@ class Lab:
         for host in hosts:
             if not self.powered(host):
                 continue
-            r = self.run_in(
-                host,
-                ["crm_mon", "-1", "--output-as=xml", "--include=fencing"],
-                timeout=20,
-                check=False,
-            )
+            r = self.run_in(host, CRM_MON_ARGV, timeout=20, check=False)
             if r.returncode == 0 and r.stdout.strip():
                 return parse_crm_mon(r.stdout)
         return None
@@ -146,9 +141,7 @@ class Lab:
             time.sleep(interval)
 
     # ---- up -----------------------------------------------------------------
-    def up(
-        self, hosts: int, guests: int, agent: str = "Guest", token_ms: int = 1000
-    ) -> None:
+    def up(self, hosts: int, guests: int, agent: str = "Guest", token_ms: int = 1000) -> None:
         wanted = LabConfig(self.labdir, hosts, guests, agent, token_ms)
         t0 = time.monotonic()
         if self._cfg is not None:

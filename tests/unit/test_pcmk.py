@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvmha.tools.lab.cluster import parse_crm_mon
+from kvmha.pcmk import parse_crm_mon
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,4 +1,10 @@
-"""Reading the lab host cluster's state from Pacemaker's own XML output."""
+"""The host cluster as Pacemaker's own tools report it.
+
+Read with ``crm_mon --output-as=xml`` (the computed state: who is online, what runs
+where, fail counts, fencing history) and ``cibadmin -Q`` (the configuration and the raw
+operation history); changed with cibadmin, crm_attribute, crm_resource and pcs. Nothing
+here edits Pacemaker's files behind its back.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ class ResourceState:
     active: bool
     failed: bool
     nodes: tuple[str, ...]
+    managed: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,8 @@ class ClusterState:
     nodes: dict[str, NodeState]
     resources: dict[str, ResourceState]
     fencing: list[FenceEvent]
+    fail_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    stonith_enabled: bool = True
 
     def online_nodes(self) -> list[str]:
         return sorted(n for n, s in self.nodes.items() if s.online)
@@ -52,12 +61,15 @@ class ClusterState:
         return r.nodes[0]
 
 
+CRM_MON_ARGV = ["crm_mon", "-1", "--output-as=xml", "--include=default,fencing,failcounts"]
+
+
 def _true(v: str | None) -> bool:
     return v == "true"
 
 
 def parse_crm_mon(xml_text: str) -> ClusterState:
-    """Parse ``crm_mon -1 --output-as=xml --include=fencing``."""
+    """Parse ``crm_mon -1 --output-as=xml --include=...`` (see CRM_MON_ARGV)."""
     root = ET.fromstring(xml_text)
     dc_el = root.find("summary/current_dc")
     quorate = dc_el is not None and _true(dc_el.get("with_quorum"))
@@ -82,6 +94,7 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
             _true(r.get("active")),
             _true(r.get("failed")),
             tuple(sorted(x.get("name", "") for x in r.iterfind("node"))),
+            r.get("managed", "true") == "true",
         )
     fencing = [
         FenceEvent(
@@ -93,4 +106,12 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
         )
         for e in root.iterfind("fence_history/fence_event")
     ]
-    return ClusterState(quorate, dc, nodes, resources, fencing)
+    fail_counts: dict[str, int] = {}
+    for h in root.iterfind("node_history/node/resource_history"):
+        count = h.get("fail-count")
+        if count and count.isdigit():
+            rid = h.get("id", "")
+            fail_counts[rid] = fail_counts.get(rid, 0) + int(count)
+    opts = root.find("summary/cluster_options")
+    stonith = opts is None or opts.get("stonith-enabled", "true") == "true"
+    return ClusterState(quorate, dc, nodes, resources, fencing, fail_counts, stonith)
