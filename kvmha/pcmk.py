@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 
+from kvmha.errors import CommandFailed, KvmhaError
+from kvmha.process import clean_env, run
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeState:
@@ -115,3 +118,77 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
     opts = root.find("summary/cluster_options")
     stonith = opts is None or opts.get("stonith-enabled", "true") == "true"
     return ClusterState(quorate, dc, nodes, resources, fencing, fail_counts, stonith)
+
+
+# ---- talking to the local cluster ------------------------------------------------------
+def _tool(argv: list[str], timeout: float = 30.0) -> str:
+    try:
+        r = run(argv, timeout=timeout, check=False, env=clean_env())
+    except KvmhaError:
+        raise
+    if r.returncode == 102 or "Could not connect" in r.stderr or "not running" in r.stderr:
+        raise KvmhaError(
+            "the cluster is not running on this host",
+            "run this on a cluster host, where pacemaker runs",
+        )
+    if r.returncode != 0:
+        raise CommandFailed(argv, r.returncode, r.stderr + r.stdout)
+    return r.stdout
+
+
+def cluster_state() -> ClusterState:
+    """The local cluster's computed state (crm_mon)."""
+    return parse_crm_mon(_tool(CRM_MON_ARGV))
+
+
+def query_cib() -> ET.Element:
+    """The whole CIB: configuration and status."""
+    return ET.fromstring(_tool(["cibadmin", "-Q"]))
+
+
+def node_names(cib: ET.Element) -> list[str]:
+    return sorted(n.get("uname", "") for n in cib.iterfind("configuration/nodes/node"))
+
+
+def node_attribute(cib: ET.Element, node: str, name: str) -> str | None:
+    for n in cib.iterfind("configuration/nodes/node"):
+        if n.get("uname") == node:
+            for nv in n.iterfind("instance_attributes/nvpair"):
+                if nv.get("name") == name:
+                    return nv.get("value")
+    return None
+
+
+def primitives(cib: ET.Element) -> dict[str, ET.Element]:
+    return {p.get("id", ""): p for p in cib.iter("primitive")}
+
+
+def nvpairs(prim: ET.Element, section: str) -> dict[str, str]:
+    return {nv.get("name", ""): nv.get("value", "") for nv in prim.iterfind(f"{section}/nvpair")}
+
+
+def cib_modify(xml: str, *, create: bool = True) -> None:
+    argv = ["cibadmin", "--modify", "--xml-text", xml]
+    if create:
+        argv.insert(2, "--allow-create")
+    _tool(argv)
+
+
+def cib_create(section: str, xml: str) -> None:
+    _tool(["cibadmin", "--create", "-o", section, "--xml-text", xml])
+
+
+def cib_delete(xml: str) -> None:
+    _tool(["cibadmin", "--delete", "--xml-text", xml])
+
+
+def pcs(*args: str, timeout: float = 120.0) -> str:
+    return _tool(["pcs", *args], timeout=timeout)
+
+
+def crm_attribute(*args: str) -> str:
+    return _tool(["crm_attribute", *args])
+
+
+def crm_resource(*args: str, timeout: float = 60.0) -> str:
+    return _tool(["crm_resource", *args], timeout=timeout)

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 
 from kvmha.errors import CommandFailed, KvmhaError
 
-# What systemd gives a service, and what the cluster daemons must see: agents they
-# start inherit it, so it must not point into a venv or pyenv.
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# What systemd gives a service (its default PATH), and what the cluster daemons must see:
+# agents they start inherit it, so it must not point into a venv or pyenv.
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -186,5 +186,15 @@ def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | No
     run_demo(_lab(labdir), hosts, guests, agent, json_file)
 
 
+def _register() -> None:
+    from kvmha.tools.cluster_cli import completion, dc, guest, status
+    from kvmha.tools.net_cli import net
+
+    for cmd in (status, guest, dc, net, completion):
+        main.add_command(cmd)
+
+
+_register()
+
 if __name__ == "__main__":
     main(prog_name="kvmha")

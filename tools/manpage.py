@@ -1,6 +1,6 @@
 """The kvmha(1) man page, generated from the CLI itself (every group, command and option).
 
-    python3 -I -m kvmha.tools.manpage > kvmha.1
+python3 -I -m kvmha.tools.manpage > kvmha.1
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from kvmha.tools.cli import main as cli
 
 def _roff(text: str) -> str:
     text = text.replace("\\", "\\\\").replace("-", "\\-")
-    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line
-                     for line in text.splitlines())
+    return "\n".join(
+        ("\\&" + line) if line.startswith((".", "'")) else line for line in text.splitlines()
+    )
 
 
 def _commands(group: click.Group, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
