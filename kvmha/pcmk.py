@@ -121,19 +121,24 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
 
 
 # ---- talking to the local cluster ------------------------------------------------------
+NOT_CONNECTED = 102  # CRM_EX_NOT_CONNECTED: no cluster to talk to
+
+
 def _tool(argv: list[str], timeout: float = 30.0) -> str:
-    try:
-        r = run(argv, timeout=timeout, check=False, env=clean_env())
-    except KvmhaError:
-        raise
-    if r.returncode == 102 or "Could not connect" in r.stderr or "not running" in r.stderr:
+    r = run(argv, timeout=timeout, check=False, env=clean_env())
+    if r.returncode == 0:
+        return r.stdout
+    text = r.stderr + r.stdout
+    if (
+        r.returncode == NOT_CONNECTED
+        or "Could not connect to the CIB" in text
+        or ("is pacemaker running" in text)
+    ):
         raise KvmhaError(
             "the cluster is not running on this host",
             "run this on a cluster host, where pacemaker runs",
         )
-    if r.returncode != 0:
-        raise CommandFailed(argv, r.returncode, r.stderr + r.stdout)
-    return r.stdout
+    raise CommandFailed(argv, r.returncode, text)
 
 
 def cluster_state() -> ClusterState:

@@ -61,3 +61,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     except Exception as exc:  # a report must never hide the failure
                         text = f"(could not read logs: {exc})"
                     report.sections.append((f"lab logs: {host}", text))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared 3-host lab last: it is brought up once and then kept, and the
+    other labs and QEMU probes should not run beside it on a 2-core machine."""
+    items.sort(key=lambda item: "lab3" in getattr(item, "fixturenames", ()))
