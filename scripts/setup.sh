@@ -17,9 +17,9 @@ PACKAGES=(
   pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   busybox-static cpio iproute2 util-linux procps libxml2-utils
-  rpm rpmlint make python3-build python3-wheel
+  rpm rpmlint make python3-build python3-wheel python3-matplotlib
   python3 python3-venv python3-pip python3-setuptools
-  python3-libvirt python3-pyroute2 python3-dbus python3-click
+  python3-libvirt python3-pyroute2 python3-dbus python3-click dbus-daemon python3-gi
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -165,6 +165,59 @@ def logs(labdir: Path, host: str, lines: int) -> None:
 
 @lab.command()
 @labdir_option
+@click.option("--rounds", type=click.IntRange(1, 100000), default=10, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Fault schedule seed.")
+@click.option(
+    "--bound",
+    "bound_s",
+    type=click.FloatRange(10, 3600),
+    default=150,
+    show_default=True,
+    help="Seconds within which a fault's guests must run again.",
+)
+@click.option("--faults", "kinds", help="Comma-separated fault kinds (default: all).")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the result.")
+@click.option(
+    "--plot",
+    "png",
+    type=click.Path(path_type=Path),
+    help="Write a PNG plot of recovery times per fault kind.",
+)
+def chaos(
+    labdir: Path,
+    rounds: int,
+    seed: int,
+    bound_s: float,
+    kinds: str | None,
+    json_file: Path | None,
+    png: Path | None,
+) -> None:
+    """Inject random faults into a running lab and check, every second, through every
+    host's libvirt, that no guest runs twice and every guest runs again within the bound.
+    Exit code 1 when there was a violation."""
+    from kvmha.tools.lab import chaos as chaos_mod
+
+    result = chaos_mod.soak(
+        _lab(labdir),
+        rounds,
+        seed,
+        bound_s,
+        kinds.split(",") if kinds else None,
+        say=lambda m: click.echo(m, err=True),
+    )
+    chaos_mod.write(result, json_file, png)
+    click.echo(f"{rounds} rounds, seed {seed}: {len(result['violations'])} violations")
+    for kind, s in sorted(result["recovery_s"].items()):
+        click.echo(
+            f"  {kind:20} n={s['n']:<3} median {s['median']:6.1f} s  p95 "
+            f"{s['p95']:6.1f} s  max {s['max']:6.1f} s"
+        )
+    if result["violations"]:
+        sys.exit(1)
+
+
+@lab.command()
+@labdir_option
 @click.option("--hosts", type=click.IntRange(2, MAX_HOSTS), default=3, show_default=True)
 @click.option("--guests", type=click.IntRange(1, MAX_GUESTS), default=3, show_default=True)
 @click.option(
@@ -188,9 +241,10 @@ def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | No
 
 def _register() -> None:
     from kvmha.tools.cluster_cli import completion, dc, guest, status
+    from kvmha.tools.doctor_cli import doctor
     from kvmha.tools.net_cli import net
 
-    for cmd in (status, guest, dc, net, completion):
+    for cmd in (status, guest, dc, doctor, net, completion):
         main.add_command(cmd)
 
 
