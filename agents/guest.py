@@ -154,6 +154,14 @@ class Guest:
             return st["name"]
         return None
 
+    def fallback_name(self) -> str:
+        """The domain name to look for when the config cannot be read and nothing is
+        remembered on this node: the resource's own name ('kvmha guest add' makes them
+        equal). A guest that arrived by live migration while the config was unreadable
+        here must still be found, or the cluster would start it a second time elsewhere
+        (VirtualDomain's issue #1231)."""
+        return (self.env.get("OCF_RESOURCE_INSTANCE") or "").split(":", 1)[0]
+
     def read_config(self) -> Tuple[str, str, Any]:
         """(domain name, XML text, parsed root) of the config file; caches the name."""
         try:
@@ -229,11 +237,10 @@ class Guest:
         if problem:
             if not probe:
                 raise AgentError(ocf.ERR_GENERIC, problem)
-            cached = self.cached_name()
-            if cached is None:
+            name = self.cached_name() or self.fallback_name()
+            if not name:
                 self.log.info(f"probe: {problem}; reporting not running")
                 return ocf.NOT_RUNNING
-            name = cached
         else:
             name = self.domain_name()
         self.wd.verdict = lambda step: self.process_verdict(
@@ -529,14 +536,14 @@ class Guest:
         problem = self.config_problem()
         name: str | None
         if problem:
-            name = self.cached_name()
-            if name is None:
+            name = self.cached_name() or self.fallback_name()
+            if not name:
                 self.log.warning(
                     f"stop: {problem}; no domain name known for this resource: "
                     "assuming it is not running here"
                 )
                 return ocf.SUCCESS
-            self.log.warning(f"stop: {problem}; stopping domain {name} (name remembered)")
+            self.log.warning(f"stop: {problem}; stopping domain {name} if it runs")
         else:
             try:
                 name = self.domain_name()
