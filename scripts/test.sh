@@ -15,4 +15,4 @@ echo "== mypy"
 echo "== pytest"
 # unit tests first (seconds), then the labs; -p no:cacheprovider keeps the tree clean
 $PY/pytest -p no:cacheprovider --timeout=900 tests/unit "$@"
-$PY/pytest -p no:cacheprovider --timeout=900 tests/integration "$@"
+$PY/pytest -p no:cacheprovider --timeout=900 tests/integration tests/faults "$@"

@@ -34,8 +34,8 @@ def make_lab(name: str, hosts: int, guests: int, agent: str = "Guest") -> Iterat
 
 @pytest.fixture(scope="session")
 def lab3() -> Iterator[Lab]:
-    """Three hosts, three guests under Pacemaker, fencing through the lab power switch."""
-    yield from make_lab("lab3", 3, 3)
+    """Three hosts, four guests under Pacemaker, fencing through the lab power switch."""
+    yield from make_lab("lab3", 3, 4)
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def test_status_json_shape(lab3: Lab) -> None:
     assert st["labdir"] == str(lab3.labdir)
     assert [h["name"] for h in st["hosts"]] == ["host1", "host2", "host3"]
     assert all(h["state"] == "online" and h["address"] for h in st["hosts"])
-    assert [g["name"] for g in st["guests"]] == ["guest1", "guest2", "guest3"]
+    assert [g["name"] for g in st["guests"]] == ["guest1", "guest2", "guest3", "guest4"]
     assert all(g["state"] == "running" and g["host"] for g in st["guests"])
     assert "last_fence" in st
 

@@ -43,6 +43,31 @@ def recovered(
     return True  # libvirtd-kill: its guests never stopped; libvirt answers again
 
 
+def inject_and_recover(
+    lab: Lab, w: Watcher, kind: str, rng: random.Random, bound_s: float
+) -> tuple[faults.Injected, list[str], float | None]:
+    """Inject one fault; return it, the guests it hit, and the seconds until the cluster
+    undid it (None: not within bound_s)."""
+    guests = lab.cfg.guest_names()
+    before = faults.placement(lab)
+    inj = faults.FAULTS[kind](lab, rng)
+    hit = sorted(g for g, h in before.items() if h == inj.host)
+    if inj.guest and inj.guest not in hit:
+        hit.append(inj.guest)
+    gone: set[str] = set()
+    seen = w.samples
+    while time.time() - inj.t < bound_s:
+        time.sleep(0.2)
+        if w.samples == seen:
+            continue
+        seen = w.samples
+        where = w.current()
+        gone |= {g for g in guests if not where.get(g)}
+        if recovered(kind, inj, hit, where, gone, guests):
+            return inj, hit, time.time() - inj.t
+    return inj, hit, None
+
+
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     k = (len(s) - 1) * p
@@ -93,25 +118,8 @@ def soak(
             raise UsageError("the lab's guests do not all run", "see 'kvmha lab status'")
         for rnd in range(1, rounds + 1):
             kind = rng.choice(kinds)
-            before = faults.placement(lab)
-            inj = faults.FAULTS[kind](lab, rng)
-            hit = sorted(g for g, h in before.items() if h == inj.host)
-            if inj.guest and inj.guest not in hit:
-                hit.append(inj.guest)
+            inj, hit, took = inject_and_recover(lab, w, kind, rng, bound_s)
             counts[kind] += 1
-            gone: set[str] = set()
-            took = None
-            seen = w.samples
-            while time.time() - inj.t < bound_s:
-                time.sleep(0.2)
-                if w.samples == seen:
-                    continue
-                seen = w.samples
-                where = w.current()
-                gone |= {g for g in guests if not where.get(g)}
-                if recovered(kind, inj, hit, where, gone, guests):
-                    took = time.time() - inj.t
-                    break
             entry = {
                 "round": rnd,
                 "fault": kind,

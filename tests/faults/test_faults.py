@@ -1,0 +1,174 @@
+"""The fault suite: one scenario per fault, each with its expected outcome.
+
+Every scenario runs under the watcher, which asks every powered host's libvirt once a
+second which guests it runs: no guest may ever run on two hosts at once, and the guests
+a fault hit must run again, each on one host, within the bound.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+from integration.helpers import wait_for
+
+from kvmha.tools.lab import faults
+from kvmha.tools.lab.chaos import inject_and_recover
+from kvmha.tools.lab.lab import Lab
+from kvmha.tools.lab.watch import Watcher
+
+pytestmark = pytest.mark.lab
+BOUND = 150.0
+
+
+@pytest.fixture()
+def watched(lab3: Lab) -> Iterator[Watcher]:
+    faults.restore(lab3)
+    with Watcher(lab3) as w:
+        assert w.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
+        yield w
+        assert w.violations == [], w.violations
+    faults.restore(lab3)
+
+
+def fence_events(lab: Lab, host: str) -> int:
+    return sum(
+        1
+        for e in lab.power_events()
+        if e["host"] == host and e["origin"] == "fence" and e["result"] == "ok"
+    )
+
+
+@pytest.mark.parametrize("kind", ["power-cut", "corosync-kill", "isolate"])
+def test_host_failure(lab3: Lab, watched: Watcher, kind: str) -> None:
+    """The host is fenced through the power switch and its guests run elsewhere."""
+    fenced = {h: fence_events(lab3, h) for h in lab3.cfg.host_names()}
+    inj, hit, took = inject_and_recover(lab3, watched, kind, random.Random(1), BOUND)
+    assert hit, "the fault hit no guest"
+    assert took is not None, f"{hit} did not run again within {BOUND} s"
+    assert inj.host is not None
+    assert fence_events(lab3, inj.host) > fenced[inj.host]
+    assert not lab3.powered(inj.host)
+    where = watched.current()
+    assert all(where[g] != [inj.host] for g in hit)
+    print(f"{kind}: {hit} running again after {took:.1f} s")
+
+
+def test_guest_qemu_killed(lab3: Lab, watched: Watcher) -> None:
+    inj, hit, took = inject_and_recover(lab3, watched, "qemu-kill", random.Random(2), BOUND)
+    assert took is not None, f"{inj.guest} did not run again"
+
+
+def boots(lab: Lab) -> dict[str, int]:
+    out = {}
+    for g in lab.cfg.guest_names():
+        with open(lab.cfg.guests_dir / f"{g}.serial.log", "rb") as f:
+            out[g] = f.read().count(b"KVMHA-GUEST-USERSPACE")
+    return out
+
+
+def test_libvirtd_killed_while_monitored(lab3: Lab, watched: Watcher) -> None:
+    """libvirtd dies and comes back (as systemd would restart it): no guest restarts."""
+    before = boots(lab3)
+    inj, hit, took = inject_and_recover(lab3, watched, "libvirtd-kill", random.Random(3), BOUND)
+    assert took is not None
+    time.sleep(25)  # two monitor intervals with the new libvirtd
+    assert boots(lab3) == before
+    st = lab3.cluster_state()
+    assert st is not None and not any(st.resources[g].failed for g in lab3.cfg.guest_names())
+
+
+def wait_role(lab: Lab, guest: str, roles: tuple[str, ...]) -> str:
+    """The host of guest once Pacemaker shows it in one of roles (or with 2 nodes)."""
+
+    def probe() -> str | None:
+        st = lab.cluster_state()
+        r = st.resources.get(guest) if st else None
+        if r is not None and r.nodes and (r.role in roles or len(r.nodes) > 1):
+            return r.nodes[0]
+        return None
+
+    return wait_for(f"{guest} {'/'.join(roles)}", probe, 120, 0.05)
+
+
+def kill_libvirtd(lab: Lab, host: str) -> None:
+    lab.run_in(host, ["kill", "-9", faults.daemon_pid(lab, host, "libvirtd")])
+
+
+def test_libvirtd_killed_during_start(lab3: Lab, watched: Watcher) -> None:
+    first = "host1"
+    lab3.run_in(first, ["pcs", "resource", "disable", "guest4", "--wait=120"], timeout=150)
+    lab3.run_in(first, ["pcs", "resource", "enable", "guest4"])
+    host = wait_role(lab3, "guest4", ("Starting",))
+    kill_libvirtd(lab3, host)
+    took = watched.wait_running_once(lab3.cfg.guest_names(), BOUND)
+    assert took is not None, "guest4 did not come up after libvirtd died during its start"
+
+
+def test_libvirtd_killed_during_stop(lab3: Lab, watched: Watcher) -> None:
+    first = "host1"
+    lab3.run_in(first, ["pcs", "resource", "disable", "guest4"])
+    host = wait_role(lab3, "guest4", ("Stopping",))
+    kill_libvirtd(lab3, host)
+    # the stop either completes once libvirtd is back, or fails and the host is fenced:
+    # either way guest4 ends up stopped everywhere, and the others keep running
+    wait_for("guest4 stopped", lambda: not watched.current().get("guest4"), BOUND, 0.5)
+    others = [g for g in lab3.cfg.guest_names() if g != "guest4"]
+    assert watched.wait_running_once(others, BOUND) is not None
+    lab3.run_in(first, ["pcs", "resource", "enable", "guest4"])
+    assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
+
+
+def test_libvirtd_killed_during_live_migration(lab3: Lab, watched: Watcher) -> None:
+    place = faults.placement(lab3)
+    source = place["guest4"]
+    target = next(h for h in lab3.cfg.host_names() if h != source)
+    lab3.run_in("host1", ["crm_resource", "--move", "--resource", "guest4", "--node", target])
+    wait_role(lab3, "guest4", ("Migrating",))
+    kill_libvirtd(lab3, source)
+    assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
+    time.sleep(15)
+    assert len(watched.current().get("guest4", [])) == 1
+
+
+def test_config_unreadable_on_one_host(lab3: Lab, watched: Watcher) -> None:
+    """The guests' storage is missing on one host: the guest is started elsewhere, and a
+    guest already there is still found (probe) and never started a second time."""
+    place = faults.placement(lab3)
+    bad = place["guest4"]
+    empty = lab3.cfg.host_dir(bad) / "tmp" / "empty-guests"
+    guests_dir = str(lab3.cfg.guests_dir)
+    lab3.run_in(bad, ["mkdir", "-p", "/tmp/empty-guests"])
+    lab3.run_in(bad, ["mount", "--bind", "/tmp/empty-guests", guests_dir])
+    try:
+        assert empty.exists()
+        # re-probe everything on that host: guest4 runs there and must be reported so
+        lab3.run_in("host1", ["crm_resource", "--refresh", "--node", bad])
+        lab3.run_in(
+            "host1", ["crm_resource", "--wait", "--timeout", "120"], timeout=130, check=False
+        )
+        assert watched.current().get("guest4") == [bad]
+        # a restart cannot happen there: the cluster starts it on another host
+        lab3.run_in(
+            "host1", ["crm_resource", "--restart", "--resource", "guest4"], timeout=200, check=False
+        )
+        wait_for(
+            "guest4 on a host that can read its config",
+            lambda: (lambda w: len(w) == 1 and w[0] != bad)(watched.current().get("guest4", [])),
+            BOUND,
+            0.5,
+        )
+    finally:
+        lab3.run_in(bad, ["umount", guests_dir], check=False)
+    assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
+
+
+def test_power_cut_during_live_migration(lab3: Lab, watched: Watcher) -> None:
+    """Two faults at once: the source host loses power while a guest migrates away."""
+    inj, hit, took = inject_and_recover(
+        lab3, watched, "migration-power-cut", random.Random(4), BOUND
+    )
+    assert took is not None, f"{hit} did not run again within {BOUND} s"
+    assert len(watched.current().get(inj.guest or "", [])) == 1
