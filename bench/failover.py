@@ -63,12 +63,21 @@ def main() -> None:
         for n in range(1, args.runs + 1):
             faults.restore(lab)
             victim = cfg.host_names()[n % cfg.hosts]
+            where = faults.placement(lab)
             for g in agents.values():
-                lab.run_in(victim, ["crm_resource", "--move", "--resource", g, "--node", victim])
+                if where.get(g) != victim:
+                    lab.run_in(
+                        victim,
+                        ["crm_resource", "--move", "--resource", g, "--node", victim],
+                        check=False,
+                    )
             lab.run_in(victim, ["crm_resource", "--wait", "--timeout", "180"], timeout=190)
             for g in agents.values():
-                lab.run_in(victim, ["crm_resource", "--clear", "--resource", g])
+                lab.run_in(victim, ["crm_resource", "--clear", "--resource", g], check=False)
             lab.run_in(victim, ["crm_resource", "--wait", "--timeout", "60"], timeout=70)
+            where = faults.placement(lab)
+            if any(where.get(g) != victim for g in agents.values()):
+                raise SystemExit(f"run {n}: could not place both guests on {victim}: {where}")
             survivor = next(h for h in cfg.host_names() if h != victim)
             with Watcher(lab, interval=0.1) as w:
                 w.wait_running_once(list(agents.values()), 120)

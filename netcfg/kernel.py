@@ -11,7 +11,6 @@ neither kmod (modprobe, depmod) nor a ``modules.dep`` is needed.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import json
@@ -23,8 +22,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from kvmha import debian
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import run
 
 DEFAULT_CACHE = Path("/var/cache/kvmha/netprobe")
 # The generic image: the cloud one may lack bonding.ko and 8021q.ko.
@@ -208,12 +207,7 @@ def load_modules(
 # fetching Debian's kernel package
 # ---------------------------------------------------------------------------
 def kernel_package_name(meta: str = KERNEL_META_PACKAGE) -> str:
-    out = run(["apt-cache", "depends", meta], check=False).stdout
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
-            return line.split(":", 1)[1].strip()
-    raise KvmhaError(f"apt does not know {meta}", "run 'apt-get update'")
+    return debian.package_behind(meta)
 
 
 def ensure_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None) -> Kernel:
@@ -234,17 +228,12 @@ def ensure_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None) -> Ke
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=str(cache)))
     try:
-        with contextlib.suppress(LookupError, PermissionError):
-            shutil.chown(work, user="_apt")  # apt downloads as _apt when it can
-        run(["apt-get", "download", pkg], cwd=str(work), timeout=900)
-        debs = sorted(work.glob(f"{pkg}_*.deb"))
-        if not debs:
-            raise KvmhaError(f"apt-get download {pkg} gave no .deb")
+        deb = debian.download(pkg, work)
         unpacked = work / "root"
-        run(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], timeout=600)
+        debian.unpack(deb, unpacked)
         images = sorted((unpacked / "boot").glob("vmlinuz-*"))
         if not images:
-            raise KvmhaError(f"{debs[-1].name} holds no kernel image")
+            raise KvmhaError(f"{deb.name} holds no kernel image")
         if kroot.exists():
             shutil.rmtree(kroot)
         os.replace(unpacked, kroot)

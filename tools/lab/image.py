@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
 
+from kvmha import debian
 from kvmha.errors import KvmhaError
 from kvmha.process import run
 
@@ -64,15 +66,7 @@ def _recipe_digest(kernel_package: str) -> str:
 
 def kernel_package_name() -> str:
     """The versioned cloud kernel package that the meta package points to."""
-    out = run(["apt-cache", "depends", KERNEL_META_PACKAGE], check=False).stdout
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
-            return line.split(":", 1)[1].strip()
-    raise KvmhaError(
-        f"apt does not know {KERNEL_META_PACKAGE}",
-        "run 'apt-get update' (the lab image needs Debian's package lists)",
-    )
+    return debian.package_behind(KERNEL_META_PACKAGE)
 
 
 def ensure_image(cache: Path = DEFAULT_CACHE) -> Image:
@@ -90,26 +84,6 @@ def ensure_image(cache: Path = DEFAULT_CACHE) -> Image:
             if img.kernel.exists() and img.initrd.exists():
                 return img
     return _build(cache, kpkg, digest)
-
-
-def _download(packages: list[str], dest: Path) -> dict[str, Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    found: dict[str, Path] = {}
-    missing = []
-    for pkg in packages:
-        hits = sorted(dest.glob(f"{pkg}_*.deb"))
-        if hits:
-            found[pkg] = hits[-1]
-        else:
-            missing.append(pkg)
-    if missing:
-        run(["apt-get", "download", *missing], cwd=str(dest), timeout=600)
-        for pkg in missing:
-            hits = sorted(dest.glob(f"{pkg}_*.deb"))
-            if not hits:
-                raise KvmhaError(f"apt-get download {pkg} gave no .deb")
-            found[pkg] = hits[-1]
-    return found
 
 
 def _copy_elf_with_libs(binary: Path, root: Path, target: str) -> None:
@@ -136,13 +110,13 @@ def _copy_elf_with_libs(binary: Path, root: Path, target: str) -> None:
 def _build(cache: Path, kpkg: str, digest: str) -> Image:
     if not os.access(BUSYBOX, os.X_OK):
         raise KvmhaError("busybox is missing", "apt-get install busybox-static")
-    debs = _download([kpkg, "qemu-guest-agent"], cache / "debs")
+    debs = {p: debian.download(p, cache / "debs") for p in (kpkg, "qemu-guest-agent")}
     work = Path(tempfile.mkdtemp(prefix="build-", dir=str(cache)))
     try:
         kroot = work / "kroot"
-        run(["dpkg-deb", "-x", str(debs[kpkg]), str(kroot)], timeout=300)
+        debian.unpack(debs[kpkg], kroot)
         qroot = work / "qga"
-        run(["dpkg-deb", "-x", str(debs["qemu-guest-agent"]), str(qroot)], timeout=120)
+        debian.unpack(debs["qemu-guest-agent"], qroot)
         kernels = sorted(glob.glob(str(kroot / "boot" / "vmlinuz-*")))
         if not kernels:
             raise KvmhaError(f"{debs[kpkg].name} holds no kernel")
@@ -212,8 +186,6 @@ def _build(cache: Path, kpkg: str, digest: str) -> Image:
 
 def run_bytes(argv: list[str], stdin_text: str, cwd: str) -> bytes:
     """Run argv with text on stdin and return its binary stdout (cpio writes an archive)."""
-    import subprocess
-
     proc = subprocess.run(
         argv, input=stdin_text.encode(), capture_output=True, cwd=cwd, timeout=300, check=False
     )
