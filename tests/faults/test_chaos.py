@@ -13,6 +13,7 @@ from kvmha.tools.lab.lab import Lab
 pytestmark = pytest.mark.lab
 
 
+@pytest.mark.timeout(2400)
 def test_short_soak(lab3: Lab, tmp_path: Path) -> None:
     out, png = tmp_path / "chaos.json", tmp_path / "chaos.png"
     r = kvmha(
