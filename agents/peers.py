@@ -36,14 +36,17 @@ def _crm_node(args: List[str], timeout: float) -> str | None:
 
 
 def cluster_nodes(timeout: float) -> List[str] | None:
-    """Node names from `crm_node -l` ("id name state" lines), or None without a cluster."""
+    """Names of the nodes that are members of the cluster now, from `crm_node -l`
+    ("id name state" lines), or None without a cluster. A lost node is left out: it is
+    down or being fenced, runs nothing, and asking it would only wait for a timeout
+    while the guest's failover waits too."""
     out = _crm_node(["-l"], timeout)
     if out is None:
         return None
     nodes = []
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 2:
+        if len(fields) >= 2 and (len(fields) < 3 or fields[2] == "member"):
             nodes.append(fields[1])
     return nodes
 

@@ -316,3 +316,14 @@ def test_migrate_from_waits_for_the_domain(agent: Agent) -> None:
     assert agent("stop") == ocf.SUCCESS
     assert agent("migrate_from", OCF_RESKEY_CRM_meta_timeout="2000") == ocf.ERR_GENERIC
     assert "not running here" in agent.reason()
+
+
+def test_guard_asks_only_member_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost (dead, being fenced) host is not asked: it would only cost a timeout."""
+    from kvmha.agents import peers
+
+    out = "1 host1 member\n2 host2 lost\n3 host3 member\n"
+    monkeypatch.setattr(peers, "_crm_node", lambda args, timeout: out)
+    assert peers.cluster_nodes(1.0) == ["host1", "host3"]
+    monkeypatch.setattr(peers, "_crm_node", lambda args, timeout: None)
+    assert peers.cluster_nodes(1.0) is None
