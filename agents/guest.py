@@ -42,6 +42,7 @@ DEFAULT_TIMEOUTS = {
     "validate-all": 30.0,
     "reload-agent": 10.0,
 }
+MIGRATE_FROM_GRACE = 5.0  # seconds for a migrated domain to show up on the target
 POLL = 0.025  # state polling interval while waiting for a stop/start (s)
 SHUTDOWN_RESEND = 3.0  # re-send the graceful request this often (lost ACPI presses)
 USAGE = (
@@ -701,12 +702,24 @@ class Guest:
         name = self.domain_name()
         conn = self.connect()
         source = self.env.meta("migrate_source") or "the source"
+        # migrate_to has finished on the source when this runs, so the domain is here,
+        # perhaps paused for a moment more. One that never shows up, or vanishes (it was
+        # fenced meanwhile), fails now rather than at the end of the timeout.
+        t0 = time.monotonic()
+        seen = False
         while True:
             dom = conn.lookup(name)
             if dom is not None:
+                seen = True
                 state, _ = conn.state(dom)
                 if state == 1:  # running (not paused: migration still finishing)
                     break
+            elif seen or time.monotonic() - t0 > MIGRATE_FROM_GRACE:
+                raise AgentError(
+                    ocf.ERR_GENERIC,
+                    f"{name} {'vanished' if seen else 'did not arrive'} here during its "
+                    f"migration from {source}",
+                )
             if self.remaining() < 1.0:
                 raise AgentError(
                     ocf.ERR_GENERIC, f"{name} is not running here after " f"migration from {source}"

@@ -18,6 +18,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   busybox-static cpio iproute2 util-linux procps libxml2-utils
   rpm rpmlint make python3-build python3-wheel python3-matplotlib
+  fence-virt fence-virtd
   python3 python3-venv python3-pip python3-setuptools
   python3-libvirt python3-pyroute2 python3-dbus python3-click dbus-daemon python3-gi
 )
@@ -59,6 +60,8 @@ fi
 install -d -m 0755 /usr/lib/ocf/resource.d/kvmha
 [ -f agents/Guest ] && install -m 0755 agents/Guest /usr/lib/ocf/resource.d/kvmha/Guest
 install -m 0755 tools/bin/fence_kvmhalab /usr/sbin/fence_kvmhalab
+install -m 0755 fence/fence_kvmha /usr/sbin/fence_kvmha
+install -m 0755 fence/kvmha-fence-listener /usr/sbin/kvmha-fence-listener
 
 # test tools
 if [ ! -x .venv/bin/pytest ] || ! cmp -s requirements-dev.txt .venv/.requirements-dev.txt; then

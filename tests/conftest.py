@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the shared 3-host lab last: it is brought up once and then kept, and the
     other labs and QEMU probes should not run beside it on a 2-core machine."""
     items.sort(key=lambda item: "lab3" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(scope="module")
+def fence_lab() -> Iterator[tuple[Lab, Any]]:
+    """Three hosts with the fence listener, three guests, and a guest cluster (guest1..3)."""
+    from kvmha.tools.lab.guestcluster import GuestCluster
+
+    labs = make_lab("fence3", 3, 3)
+    lab = next(labs)
+    gc = GuestCluster(lab)
+    try:
+        gc.up()
+        yield lab, gc
+    finally:
+        gc.down()
+        labs.close()

@@ -93,6 +93,28 @@ class LabConfig:
     def guest_address(self, guest: str) -> str:
         return f"{SUBNET}.{100 + int(guest[5:])}"
 
+    # ---- the guest cluster (fence tests): nodes named like the lab's guests ---
+    def gc_node_index(self, node: str) -> int:
+        if node.startswith("guest") and node[5:].isdigit() and 1 <= int(node[5:]) <= MAX_GUESTS:
+            return int(node[5:])
+        raise UsageError(f"unknown guest-cluster node {node!r}", "use guest1 ... guest9")
+
+    def gc_netns(self, node: str) -> str:
+        return f"{self.tag}-g{self.gc_node_index(node)}"
+
+    def gc_switch_port(self, node: str) -> str:
+        return f"gport{self.gc_node_index(node)}"
+
+    def gc_address(self, node: str) -> str:
+        return f"{SUBNET}.{200 + self.gc_node_index(node)}"
+
+    @property
+    def gc_dir(self) -> Path:
+        return self.labdir / "gcluster"
+
+    def gc_node_dir(self, node: str) -> Path:
+        return self.gc_dir / node
+
     def guest_mac(self, guest: str) -> str:
         return f"52:54:00:4b:00:{int(guest[5:]):02x}"
 

@@ -46,11 +46,25 @@ BIND_MOUNTS = (
     ("var/log/libvirt", "/var/log/libvirt"),
     ("var/cache/libvirt", "/var/cache/libvirt"),
     ("tmp", "/tmp"),  # noqa: S108 (a mount point)
+    ("var/log/kvmha", "/var/log/kvmha"),
+    ("var/lib/kvmha", "/var/lib/kvmha"),
 )
+# Roles: a lab host runs the whole stack; a guest-cluster node (the fence tests' second
+# cluster, in a namespace of its own on the lab switch) only corosync and pacemaker.
+ROLE_HOST = "host"
+ROLE_GUEST_CLUSTER = "guest-cluster"
+FENCE_LISTENER_CONF = "/etc/kvmha/fence/listener.conf"
 DAEMONS_FILE = "/run/kvmha-lab-daemons.json"
 # Like their systemd units (Restart=on-failure): libvirtd and virtlogd come back after a
 # crash; corosync does not, and pacemakerd is left alone (its children outlive it).
-RESTART_DELAY = {"libvirtd": 1.0, "virtlogd": 1.0}
+RESTART_DELAY = {"libvirtd": 1.0, "virtlogd": 1.0, "fence-listener": 1.0}
+
+
+def node_paths(cfg: LabConfig, node: str, role: str) -> tuple[str, Path, Path]:
+    """(network namespace, private directory, /etc/hosts file) of a host or node."""
+    if role == ROLE_GUEST_CLUSTER:
+        return cfg.gc_netns(node), cfg.gc_node_dir(node), cfg.gc_dir / "hosts.txt"
+    return cfg.host_netns(node), cfg.host_dir(node), cfg.labdir / "hosts.txt"
 
 
 def _libc() -> ctypes.CDLL:
@@ -63,19 +77,20 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def boot(labdir: Path, host: str) -> int:
+def boot(labdir: Path, host: str, role: str = ROLE_HOST) -> int:
     """Start host's init in fresh namespaces; return its PID (as seen from the machine)."""
     cfg = LabConfig.load(labdir)
     if cfg is None:
         raise SystemExit(f"no lab in {labdir}")
+    netns, hdir, _ = node_paths(cfg, host, role)
     libc = _libc()
-    fd = os.open(f"/run/netns/{cfg.host_netns(host)}", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         _check(libc.setns(fd, CLONE_NEWNET), "setns(net)")
     finally:
         os.close(fd)
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), "unshare")
-    console = cfg.host_dir(host) / "console.log"
+    console = hdir / "console.log"
     pid = os.fork()
     if pid == 0:  # PID 1 of the new PID namespace
         try:
@@ -85,7 +100,8 @@ def boot(labdir: Path, host: str) -> int:
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(out, 2)
-            argv = module_argv("kvmha.tools.lab.hostinit", "init", str(labdir), host)
+            extra = [role] if role != ROLE_HOST else []
+            argv = module_argv("kvmha.tools.lab.hostinit", "init", str(labdir), host, *extra)
             os.execv(argv[0], argv)  # noqa: S606 (no shell: our own init)
         finally:
             os._exit(127)
@@ -105,10 +121,11 @@ def _log(msg: str) -> None:
 
 
 class HostInit:
-    def __init__(self, cfg: LabConfig, host: str) -> None:
+    def __init__(self, cfg: LabConfig, host: str, role: str = ROLE_HOST) -> None:
         self.cfg = cfg
         self.host = host
-        self.hdir = cfg.host_dir(host)
+        self.role = role
+        _, self.hdir, self.hosts_file = node_paths(cfg, host, role)
         self.daemons: dict[str, int] = {}
         self.commands: dict[str, tuple[list[str], str, dict[str, str] | None]] = {}
         self.restart_at: dict[str, float] = {}
@@ -122,8 +139,9 @@ class HostInit:
         _sh("mount", "-t", "sysfs", "sysfs", "/sys")
         for src, dst in BIND_MOUNTS:
             Path(dst).mkdir(parents=True, exist_ok=True)
+            (self.hdir / src).mkdir(parents=True, exist_ok=True)  # a lab made before it existed
             _sh("mount", "--bind", str(self.hdir / src), dst)
-        _sh("mount", "--bind", str(self.cfg.labdir / "hosts.txt"), "/etc/hosts")
+        _sh("mount", "--bind", str(self.hosts_file), "/etc/hosts")
         _sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "tmpfs", "/run")
         for d in ("lock", "resource-agents", "crm", "libvirt", "corosync-qdevice"):
             Path("/run", d).mkdir(exist_ok=True)
@@ -171,6 +189,9 @@ class HostInit:
         return False
 
     def start_stack(self) -> None:
+        if self.role == ROLE_GUEST_CLUSTER:
+            self.start_cluster_only()
+            return
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
         self.start("virtlogd", ["/usr/sbin/virtlogd"], "/var/log/libvirt/virtlogd.out")
         self.start(
@@ -183,6 +204,25 @@ class HostInit:
             _log("corosync does not answer after 10 s")
         # pacemaker after libvirtd: its first probes ask libvirt about the guests
         self.wait_for(["virsh", "-c", "qemu:///system", "uri"], 30)
+        self.start(
+            "pacemakerd",
+            ["/usr/sbin/pacemakerd"],
+            "/var/log/pacemaker/pacemakerd.out",
+            {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"},
+        )
+        if Path(FENCE_LISTENER_CONF).exists():
+            # as systemd would start kvmha-fence-listener.service
+            self.start(
+                "fence-listener",
+                module_argv("kvmha.fence.listener", "--config", FENCE_LISTENER_CONF),
+                "/var/log/kvmha/fence-listener.out",
+            )
+
+    def start_cluster_only(self) -> None:
+        """A guest-cluster node: corosync and pacemaker, no libvirt."""
+        self.start("corosync", ["/usr/sbin/corosync", "-f"], "/var/log/corosync/corosync.out")
+        if not self.wait_for(["corosync-cfgtool", "-s"], 10):
+            _log("corosync does not answer after 10 s")
         self.start(
             "pacemakerd",
             ["/usr/sbin/pacemakerd"],
@@ -242,6 +282,7 @@ class HostInit:
             return
         self.stopping = True
         _log("graceful shutdown")
+        self._stop("fence-listener", 5)
         self._stop("pacemakerd", 120)
         self._stop("corosync", 30)
         self._stop("libvirtd", 15)
@@ -266,16 +307,19 @@ class HostInit:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) == 3 and argv[0] == "boot":
-        print(boot(Path(argv[1]), argv[2]), flush=True)
+    role = argv[3] if len(argv) == 4 else ROLE_HOST
+    if role not in (ROLE_HOST, ROLE_GUEST_CLUSTER):
+        raise SystemExit(f"unknown role {role!r}")
+    if len(argv) in (3, 4) and argv[0] == "boot":
+        print(boot(Path(argv[1]), argv[2], role), flush=True)
         return
-    if len(argv) == 3 and argv[0] == "init":
+    if len(argv) in (3, 4) and argv[0] == "init":
         cfg = LabConfig.load(Path(argv[1]))
         if cfg is None:
             raise SystemExit(f"no lab in {argv[1]}")
-        HostInit(cfg, argv[2]).run()
+        HostInit(cfg, argv[2], role).run()
         return
-    raise SystemExit("usage: hostinit boot|init LABDIR HOST")
+    raise SystemExit("usage: hostinit boot|init LABDIR HOST [host|guest-cluster]")
 
 
 if __name__ == "__main__":

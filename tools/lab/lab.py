@@ -260,12 +260,25 @@ class Lab:
         hacluster = pwd.getpwnam("hacluster")
         for host in cfg.host_names():
             self._prepare_host(cfg, host, authkey, corosync_conf, cib, hacluster)
+        self._prepare_fence_listeners(cfg)
         for guest in cfg.guest_names():
             xml = libvirtconf.guest_domain_xml(
                 cfg, guest, str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
             )
             (cfg.guests_dir / f"{guest}.xml").write_text(xml)
         cfg.save()
+
+    @staticmethod
+    def _prepare_fence_listeners(cfg: LabConfig) -> None:
+        """kvmha-fence-listener on every host: its configuration and the hosts' key."""
+        from kvmha.fence.agent import DEFAULT_PORT, Key
+        from kvmha.fence.listener import Config, write_host_setup
+
+        host_key = Key("@kvmhalab-hosts", secrets.token_bytes(32))
+        peers = {h: (cfg.host_address(h), DEFAULT_PORT) for h in cfg.host_names()}
+        for host in cfg.host_names():
+            lcfg = Config(host=host, peers=peers, syslog=False)
+            write_host_setup(str(cfg.host_dir(host) / "etc/kvmha/fence"), lcfg, host_key)
 
     @staticmethod
     def _prepare_host(

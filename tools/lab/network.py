@@ -57,6 +57,34 @@ def create(cfg: LabConfig) -> None:
         run(["ip", "-n", ns, "link", "set", "br0", "up"])
 
 
+def create_node(cfg: LabConfig, netns: str, port: str, address: str) -> None:
+    """A namespace with one cable into the switch and an address on it (no bridge)."""
+    if netns in existing_netns():
+        return
+    run(["ip", "netns", "add", netns])
+    run(
+        [
+            "ip",
+            "-n",
+            cfg.switch_netns,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns,
+        ]
+    )
+    run(["ip", "-n", cfg.switch_netns, "link", "set", port, "master", "br0", "up"])
+    run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
+    run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+
+
 def set_cable(cfg: LabConfig, host: str, connected: bool) -> None:
     """Plug or unplug the host's cable at the switch."""
     if cfg.switch_netns not in existing_netns():
@@ -86,7 +114,9 @@ def cable_connected(cfg: LabConfig, host: str) -> bool:
 
 def lab_netns(cfg: LabConfig) -> list[str]:
     mine = {cfg.switch_netns} | {cfg.host_netns(h) for h in cfg.host_names()}
-    return sorted(mine & existing_netns())
+    have = existing_netns()
+    mine |= {ns for ns in have if ns.startswith(f"{cfg.tag}-g")}  # guest-cluster nodes
+    return sorted(mine & have)
 
 
 def delete(cfg: LabConfig) -> None:

@@ -1,0 +1,333 @@
+#!/usr/bin/python3
+"""Benchmark: fence_kvmha + kvmha-fence-listener against fence_xvm/fence_virt + fence_virtd.
+
+Same domain (``guest9``, unmanaged, on host1 of a 3-host lab), alternating A B A B in
+one run. fence_virtd runs on host1 with the libvirt backend and its TCP listener on the
+lab network (10.77.0.11:1229); every client runs in host2's network namespace, so both
+go over the lab network to a daemon on the domain's host. Measured:
+
+* frozen: request -> the guest's vCPUs stopped (libvirt reports it paused or off; a
+  watcher polls host1's libvirt every 2 ms). fence_kvmha pauses before it destroys;
+  fence_xvm does not, so its figure is its time to off.
+* off: request -> the client returns having confirmed off (libvirt reports shut off).
+* status_concurrent: 50 concurrent ``status`` requests to one listener, p50 and p99.
+
+    bench/fence.py [--rounds 10] [--json FILE] [--labdir DIR] [--keep]
+
+Needs the Debian packages fence-virt and fence-virtd. Never kills QEMU behind libvirt's
+back: both sides destroy through libvirt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from kvmha.fence import agent
+from kvmha.fence.keys import Scope, write_private
+from kvmha.tools.lab import libvirtconf, power
+from kvmha.tools.lab.lab import Lab
+
+DOMAIN = "guest9"
+XVM_PORT = 1229
+KEY = "bench"
+CONCURRENT = 50
+
+
+def nsenter_net(lab: Lab, host: str) -> list[str]:
+    pid = power.init_pid(lab.cfg, host)
+    assert pid is not None
+    return ["nsenter", "-t", str(pid), "-n", "--"]
+
+
+class Bench:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.cfg = lab.cfg
+        self.dir = self.cfg.labdir / "bench-fence"
+        self.dir.mkdir(exist_ok=True)
+        self.conn = libvirt.open(self.cfg.libvirt_uri("host1"))
+        self.xml = libvirtconf.guest_domain_xml(
+            self.cfg,
+            DOMAIN,
+            str(self.cfg.image_dir / "vmlinuz"),
+            str(self.cfg.image_dir / "initrd.img"),
+        )
+        self.virtd: subprocess.Popen[bytes] | None = None
+
+    # ---- set-up ----------------------------------------------------------------
+    def setup(self) -> None:
+        secret = os.urandom(32)
+        for h in self.cfg.host_names():
+            keys = self.cfg.host_dir(h) / "etc/kvmha/fence/keys"
+            write_private(
+                keys / f"{KEY}.key",
+                agent.key_text(KEY, secret, Scope("domains", (DOMAIN,)).as_fields()),
+            )
+        write_private(self.dir / "kvmha.key", agent.key_text(KEY, secret))
+        xvm_key = self.dir / "fence_xvm.key"
+        write_private(xvm_key, os.urandom(512).hex())
+        conf = self.dir / "fence_virt.conf"
+        conf.write_text(
+            'fence_virtd { listener = "tcp"; backend = "libvirt"; '
+            'module_path = "/usr/lib/x86_64-linux-gnu/fence-virt"; }\n'
+            f'listeners {{ tcp {{ key_file = "{xvm_key}"; address = "10.77.0.11"; '
+            f'family = "ipv4"; port = "{XVM_PORT}"; }} }}\n'
+            'backends { libvirt { uri = "qemu:///system"; } }\n'
+        )
+        pid = power.init_pid(self.cfg, "host1")
+        # fence_virtd in host1's mount and network namespaces (it needs host1's libvirt)
+        self.virtd = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                str(pid),
+                "-m",
+                "-u",
+                "-n",
+                "--",
+                "/usr/sbin/fence_virtd",
+                "-F",
+                "-f",
+                str(conf),
+                "-p",
+                str(self.dir / "fence_virtd.pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "fence_virtd.log", "ab"),  # noqa: SIM115
+        )
+        self.start_domain()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.run_client("xvm", "status")[0] == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("fence_virtd does not answer")
+
+    def teardown(self) -> None:
+        if self.virtd is not None:
+            self.virtd.terminate()
+            try:
+                self.virtd.wait(5)
+            except subprocess.TimeoutExpired:
+                self.virtd.kill()
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.lookupByName(DOMAIN).destroy()
+
+    def start_domain(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.conn.lookupByName(DOMAIN)
+                return
+            except libvirt.libvirtError:
+                pass
+            try:
+                self.conn.createXML(self.xml, 0)
+                time.sleep(1.0)  # let QEMU settle, as a running guest would be
+                return
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    # ---- clients ------------------------------------------------------------------
+    def client_argv(self, which: str, action: str) -> list[str]:
+        if which == "kvmha":
+            return [
+                *nsenter_net(self.lab, "host2"),
+                "/usr/sbin/fence_kvmha",
+                "-o",
+                action,
+                "-n",
+                DOMAIN,
+                "-a",
+                "10.77.0.11",
+                "-k",
+                str(self.dir / "kvmha.key"),
+            ]
+        return [
+            *nsenter_net(self.lab, "host2"),
+            "timeout",
+            "30",
+            "/usr/sbin/fence_virt",
+            "-T",
+            "10.77.0.11",
+            "-p",
+            str(XVM_PORT),
+            "-k",
+            str(self.dir / "fence_xvm.key"),
+            "-o",
+            action,
+            "-n",
+            DOMAIN,
+            "-t",
+            "20",
+        ]
+
+    def run_client(self, which: str, action: str) -> tuple[int, float]:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            self.client_argv(which, action), capture_output=True, check=False, timeout=60
+        )
+        return r.returncode, time.monotonic() - t0
+
+    def fence_once(self, which: str) -> tuple[float, float]:
+        """(s to frozen, s to confirmed off) for one off of the running domain."""
+        dom = self.conn.lookupByName(DOMAIN)
+        frozen: list[float] = []
+        stop = threading.Event()
+        watch = libvirt.open(self.cfg.libvirt_uri("host1"))
+        t0 = time.monotonic()
+
+        def watcher() -> None:
+            d = watch.lookupByUUIDString(dom.UUIDString())
+            while not stop.is_set():
+                try:
+                    st = d.state()[0]
+                except libvirt.libvirtError:
+                    st = libvirt.VIR_DOMAIN_SHUTOFF
+                if st != libvirt.VIR_DOMAIN_RUNNING:
+                    frozen.append(time.monotonic() - t0)
+                    return
+                time.sleep(0.002)
+
+        th = threading.Thread(target=watcher)
+        th.start()
+        t0 = time.monotonic()
+        rc, took = self.run_client(which, "off")
+        stop.set()
+        th.join(5)
+        watch.close()
+        if rc != 0:
+            raise SystemExit(f"{which} off failed (rc {rc})")
+        with contextlib.suppress(libvirt.libvirtError):  # transient and gone: off
+            assert not self.conn.lookupByName(DOMAIN).isActive()
+        return (frozen[0] if frozen else took), took
+
+    def concurrent_status(self, rounds: int = 3) -> list[float]:
+        script = (
+            "import json,sys,threading,time\n"
+            "from kvmha.fence import agent\n"
+            f"k=agent.Key.load({str(self.dir / 'kvmha.key')!r})\n"
+            f"n={CONCURRENT}; out=[]; b=threading.Barrier(n)\n"
+            "def one():\n"
+            "    b.wait(); t=time.monotonic()\n"
+            f"    a=agent.exchange('10.77.0.11',{agent.DEFAULT_PORT},k,"
+            f"{{'action':'status','plug':{DOMAIN!r}}},5,10)\n"
+            "    assert a['state']=='on', a\n"
+            "    out.append(time.monotonic()-t)\n"
+            "ts=[threading.Thread(target=one) for _ in range(n)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print(json.dumps(out))\n"
+        )
+        lat: list[float] = []
+        for _ in range(rounds):
+            r = subprocess.run(
+                [*nsenter_net(self.lab, "host2"), sys.executable, "-I", "-c", script],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            lat += json.loads(r.stdout)
+        return lat
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--labdir", type=Path, default=Path("/var/lib/kvmha-bench-fence"))
+    ap.add_argument("--keep", action="store_true", help="leave the lab up")
+    args = ap.parse_args()
+    for tool in ("/usr/sbin/fence_virtd", "/usr/sbin/fence_virt", "/usr/sbin/fence_kvmha"):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(
+                f"{tool} is missing (apt-get install fence-virt fence-virtd; " "scripts/setup.sh)"
+            )
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)  # lookups of gone domains
+    lab = Lab(args.labdir, lambda m: print(f"[lab] {m}", file=sys.stderr))
+    created = not lab.is_configured()
+    lab.up(3, 0)
+    bench = Bench(lab)
+    try:
+        bench.setup()
+        res: dict[str, list[tuple[float, float]]] = {"kvmha": [], "xvm": []}
+        for i in range(args.rounds + 1):  # round 0 warms up both
+            for which in ("kvmha", "xvm"):
+                bench.start_domain()
+                r = bench.fence_once(which)
+                if i:
+                    res[which].append(r)
+        bench.start_domain()
+        lat = bench.concurrent_status()
+        if len(lat) != 3 * CONCURRENT:
+            raise SystemExit(f"only {len(lat)} of {3 * CONCURRENT} status requests answered")
+    finally:
+        bench.teardown()
+        if created and not args.keep:
+            lab.down()
+    k_frozen = statistics.median(x[0] for x in res["kvmha"])
+    k_off = statistics.median(x[1] for x in res["kvmha"])
+    x_off = statistics.median(x[1] for x in res["xvm"])
+    x_frozen = statistics.median(x[0] for x in res["xvm"])
+    out: dict[str, Any] = {
+        "frozen": {
+            "kvmha_s": round(k_frozen, 4),
+            "fence_xvm_off_s": round(x_off, 4),
+            "ratio": round(k_frozen / x_off, 3),
+        },
+        "off": {
+            "kvmha_s": round(k_off, 4),
+            "fence_xvm_s": round(x_off, 4),
+            "ratio": round(k_off / x_off, 3),
+        },
+        "status_concurrent": {
+            "p50_s": round(pct(lat, 50), 4),
+            "p99_s": round(pct(lat, 99), 4),
+            "n": len(lat),
+            "concurrency": CONCURRENT,
+        },
+        "rounds": args.rounds,
+        "fence_xvm_first_not_running_s": round(x_frozen, 4),
+        "samples": {k: [[round(a, 4), round(b, 4)] for a, b in v] for k, v in res.items()},
+    }
+    print("| what | fence_kvmha | fence_xvm (fence_virt tcp) | ratio | goal |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| request -> frozen | {k_frozen * 1000:.0f} ms | (off) {x_off * 1000:.0f} ms | "
+        f"{out['frozen']['ratio']} | <= 0.5 |"
+    )
+    print(
+        f"| request -> confirmed off | {k_off * 1000:.0f} ms | {x_off * 1000:.0f} ms | "
+        f"{out['off']['ratio']} | <= 1.25 |"
+    )
+    print(
+        f"| {CONCURRENT} concurrent status | p50 {pct(lat, 50) * 1000:.0f} ms, "
+        f"p99 {pct(lat, 99) * 1000:.0f} ms | | | p99 < 200 ms |"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

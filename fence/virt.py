@@ -1,0 +1,193 @@
+"""The listener's hands on its own host: local libvirt, through its public API only.
+
+``off`` pauses the domain first (its vCPUs stop within milliseconds: the guest is
+frozen and can no longer write anything), then destroys it through libvirt and polls
+until libvirt itself reports it off. QEMU is never killed behind libvirt's back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from typing import Any, Optional, Protocol
+
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+STATES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+Info = dict[str, Any]
+
+
+class BackendError(Exception):
+    pass
+
+
+class Backend(Protocol):
+    def info(self, plug: str) -> Optional[Info]: ...
+
+    def domains(self) -> list[Info]: ...
+
+    def off(self, plug: str, timeout: float) -> Info: ...
+
+    def start(self, plug: str, timeout: float) -> Info: ...
+
+
+def looks_like_uuid(plug: str) -> bool:
+    return bool(UUID_RE.match(plug))
+
+
+class LibvirtBackend:
+    """One libvirt connection shared by all threads (libvirt-python is thread-safe)."""
+
+    def __init__(self, uri: str) -> None:
+        import libvirt  # host side only; guests never import this module
+
+        self.libvirt = libvirt
+        self.uri = uri
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        # no error lines on stderr for lookups of domains that are elsewhere
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+    def conn(self) -> Any:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except self.libvirt.libvirtError:
+                    pass
+                with contextlib.suppress(self.libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
+            try:
+                self._conn = self.libvirt.open(self.uri)
+            except self.libvirt.libvirtError as exc:
+                raise BackendError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+            return self._conn
+
+    def _lookup(self, plug: str) -> Any:
+        conn = self.conn()
+        lv = self.libvirt
+        try:
+            if looks_like_uuid(plug):
+                try:
+                    return conn.lookupByUUIDString(plug)
+                except lv.libvirtError as exc:
+                    if exc.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
+                        raise
+            return conn.lookupByName(plug)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise BackendError(f"libvirt: {exc}") from exc
+
+    def _info(self, dom: Any) -> Info:
+        lv = self.libvirt
+        try:
+            state = dom.state()[0]
+            return {
+                "name": dom.name(),
+                "uuid": dom.UUIDString(),
+                "state": STATES.get(state, "unknown"),
+                "active": bool(dom.isActive()),
+                "persistent": bool(dom.isPersistent()),
+            }
+        except lv.libvirtError as exc:
+            if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                return {"name": dom.name(), "uuid": "", "state": "gone", "active": False}
+            raise BackendError(f"libvirt: {exc}") from exc
+
+    def info(self, plug: str) -> Optional[Info]:
+        dom = self._lookup(plug)
+        if dom is None:
+            return None
+        info = self._info(dom)
+        return None if info["state"] == "gone" else info
+
+    def domains(self) -> list[Info]:
+        try:
+            doms = self.conn().listAllDomains(0)
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"libvirt: {exc}") from exc
+        out = []
+        for d in doms:
+            info = self._info(d)
+            if info["state"] != "gone":
+                out.append(info)
+        return out
+
+    def _active(self, dom: Any) -> bool:
+        try:
+            return bool(dom.isActive())
+        except self.libvirt.libvirtError as exc:
+            if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+                return False  # a transient domain is gone once it is off
+            raise
+
+    def off(self, plug: str, timeout: float) -> Info:
+        t0 = time.monotonic()
+        dom = self._lookup(plug)
+        if dom is None or not self._active(dom):
+            return {"state": "off", "already": True}
+        lv = self.libvirt
+        frozen = None
+        try:
+            if dom.state()[0] == lv.VIR_DOMAIN_RUNNING:
+                dom.suspend()
+            frozen = time.monotonic() - t0
+        except lv.libvirtError:
+            pass  # paused already, or migrating: destroy anyway
+        deadline = t0 + max(timeout, 1.0)
+        err = None
+        while time.monotonic() < deadline:
+            try:
+                if not self._active(dom):
+                    break
+                dom.destroy()
+            except lv.libvirtError as exc:
+                err = exc
+                if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                    break
+                time.sleep(0.05)
+                continue
+            if not self._active(dom):
+                break
+            time.sleep(0.02)
+        try:
+            still = self._active(dom)
+        except lv.libvirtError as exc:
+            raise BackendError(f"cannot confirm {plug} is off: {exc}") from exc
+        if still:
+            raise BackendError(f"{plug} is still running after {timeout:.0f} s ({err})")
+        return {
+            "state": "off",
+            "already": False,
+            "frozen_s": frozen,
+            "off_s": time.monotonic() - t0,
+        }
+
+    def start(self, plug: str, timeout: float) -> Info:
+        dom = self._lookup(plug)
+        if dom is None:
+            raise BackendError(f"no definition of {plug} on this host")
+        if self._active(dom):
+            return {"state": "on", "already": True}
+        if not dom.isPersistent():
+            raise BackendError(f"{plug} is a transient domain: nothing to start it from")
+        try:
+            dom.create()
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"cannot start {plug}: {exc}") from exc
+        return {"state": "on", "already": False}
