@@ -875,16 +875,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def write_host_setup(fence_dir: str, cfg: Config, host_key: Key) -> None:
-    """A host's /etc/kvmha/fence: listener.conf, the hosts' key (0600), keys/ (0700)."""
+    """A host's /etc/kvmha/fence (0750): listener.conf (0640), the hosts' key (0600),
+    keys/ (0700) -- the modes the RPM installs and 'kvmha doctor' checks."""
     from pathlib import Path
 
     from kvmha.fence.keys import write_private
 
     d = Path(fence_dir)
     (d / "keys").mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o750)  # noqa: S103 (root and its group: the RPM's mode)
     os.chmod(d / "keys", 0o700)
     write_private(d / "hosts.key", proto.key_text(host_key.name, host_key.secret))
-    (d / "listener.conf").write_text(config_text(cfg))
+    conf = d / "listener.conf"
+    conf.write_text(config_text(cfg))
+    os.chmod(conf, 0o640)
 
 
 if __name__ == "__main__":
