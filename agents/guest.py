@@ -18,8 +18,12 @@ from .virt import (
     CRASHED,
     DOMAIN_STATE_NAMES,
     SHUTOFF,
+    VIR_ERR_NO_CONNECT,
     VIR_ERR_NO_DOMAIN,
     VIR_ERR_OPERATION_INVALID,
+    VIR_ERR_SYSTEM_ERROR,
+    VIR_FROM_REMOTE,
+    VIR_FROM_RPC,
     Conn,
     Watchdog,
     err_code,
@@ -75,6 +79,17 @@ KNOWN_DRIVERS = frozenset(
         "xenapi",
     )
 )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A libvirt error that means the connection to libvirtd broke (it died or
+    restarted), not that the operation itself failed."""
+    get_domain = getattr(exc, "get_error_domain", None)
+    domain = get_domain() if get_domain else None
+    return domain in (VIR_FROM_RPC, VIR_FROM_REMOTE) or err_code(exc) in (
+        VIR_ERR_SYSTEM_ERROR,
+        VIR_ERR_NO_CONNECT,
+    )
 
 
 def parse_domain_xml(text: str, where: str) -> Tuple[str, Any]:
@@ -556,6 +571,21 @@ class Guest:
         self.wd.verdict = lambda step: self.process_verdict(
             dom_name, f"libvirt did not answer in time while {step}", stopping=True
         )
+        # libvirtd may die in the middle of a stop and come back (systemd restarts it):
+        # reconnect and go on, rather than fail the stop and have the host fenced
+        while True:
+            try:
+                return self.stop_once(name)
+            except Exception as e:
+                if not connection_lost(e) or self.remaining() < 2.0:
+                    raise
+                self.log.warning(
+                    f"lost libvirt while stopping {name} ({err_text(e)}); reconnecting"
+                )
+                self._conn = None
+                time.sleep(0.5)
+
+    def stop_once(self, name: str) -> int:
         conn = self.connect_for_stop(name)
         if conn is None:
             return ocf.SUCCESS

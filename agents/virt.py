@@ -35,6 +35,8 @@ VIR_ERR_SYSTEM_ERROR = 38
 VIR_ERR_INVALID_ARG = 8
 VIR_ERR_AGENT_UNRESPONSIVE = 86
 VIR_ERR_AGENT_UNSYNCED = 97
+VIR_FROM_RPC = 7  # error domains of the connection to libvirtd itself
+VIR_FROM_REMOTE = 13
 
 DOMAIN_STATE_NAMES = {
     0: "no state",

@@ -84,3 +84,33 @@ def fence_lab() -> Iterator[tuple[Lab, Any]]:
     finally:
         gc.down()
         labs.close()
+
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_DIRS = {
+    "kvmha": "",
+    "agents": "agents",
+    "fence": "fence",
+    "netcfg": "netcfg",
+    "tools": "tools",
+}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The tests import kvmha as installed for /usr/bin/python3 (the agents run under it):
+    refuse to test a stale copy of this checkout."""
+    import kvmha
+
+    installed = Path(kvmha.__file__).parent
+    stale = []
+    for src, sub in SOURCE_DIRS.items():
+        for f in (REPO / src).rglob("*.py"):
+            twin = installed / sub / f.relative_to(REPO / src)
+            if not twin.exists() or twin.read_bytes() != f.read_bytes():
+                stale.append(str(f.relative_to(REPO)))
+    if stale:
+        pytest.exit(
+            f"the installed kvmha differs from this checkout ({stale[0]}, ...): "
+            "run scripts/setup.sh",
+            returncode=2,
+        )

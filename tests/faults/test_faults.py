@@ -97,10 +97,15 @@ def kill_libvirtd(lab: Lab, host: str) -> None:
     lab.run_in(host, ["kill", "-9", faults.daemon_pid(lab, host, "libvirtd")])
 
 
+def any_host(lab: Lab) -> str:
+    """A powered host to run cluster commands on (a fault may have fenced another)."""
+    return next(h for h in lab.cfg.host_names() if lab.powered(h))
+
+
 def test_libvirtd_killed_during_start(lab3: Lab, watched: Watcher) -> None:
-    first = "host1"
+    first = any_host(lab3)
     lab3.run_in(first, ["pcs", "resource", "disable", "guest4", "--wait=120"], timeout=150)
-    lab3.run_in(first, ["pcs", "resource", "enable", "guest4"])
+    lab3.run_in(any_host(lab3), ["pcs", "resource", "enable", "guest4"])
     host = wait_role(lab3, "guest4", ("Starting",))
     kill_libvirtd(lab3, host)
     took = watched.wait_running_once(lab3.cfg.guest_names(), BOUND)
@@ -108,16 +113,19 @@ def test_libvirtd_killed_during_start(lab3: Lab, watched: Watcher) -> None:
 
 
 def test_libvirtd_killed_during_stop(lab3: Lab, watched: Watcher) -> None:
-    first = "host1"
-    lab3.run_in(first, ["pcs", "resource", "disable", "guest4"])
-    host = wait_role(lab3, "guest4", ("Stopping",))
-    kill_libvirtd(lab3, host)
-    # the stop either completes once libvirtd is back, or fails and the host is fenced:
-    # either way guest4 ends up stopped everywhere, and the others keep running
-    wait_for("guest4 stopped", lambda: not watched.current().get("guest4"), BOUND, 0.5)
-    others = [g for g in lab3.cfg.guest_names() if g != "guest4"]
-    assert watched.wait_running_once(others, BOUND) is not None
-    lab3.run_in(first, ["pcs", "resource", "enable", "guest4"])
+    lab3.run_in(any_host(lab3), ["pcs", "resource", "disable", "guest4"])
+    try:
+        host = wait_role(lab3, "guest4", ("Stopping",))
+        fenced = fence_events(lab3, host)
+        kill_libvirtd(lab3, host)
+        # the agent reconnects to the restarted libvirtd and completes the stop: guest4
+        # ends up stopped everywhere, its host is not fenced, the others keep running
+        wait_for("guest4 stopped", lambda: not watched.current().get("guest4"), BOUND, 0.5)
+        others = [g for g in lab3.cfg.guest_names() if g != "guest4"]
+        assert watched.wait_running_once(others, BOUND) is not None
+        assert fence_events(lab3, host) == fenced, f"{host} was fenced: the stop failed"
+    finally:
+        lab3.run_in(any_host(lab3), ["pcs", "resource", "enable", "guest4"])
     assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
 
 
@@ -125,7 +133,9 @@ def test_libvirtd_killed_during_live_migration(lab3: Lab, watched: Watcher) -> N
     place = faults.placement(lab3)
     source = place["guest4"]
     target = next(h for h in lab3.cfg.host_names() if h != source)
-    lab3.run_in("host1", ["crm_resource", "--move", "--resource", "guest4", "--node", target])
+    lab3.run_in(
+        any_host(lab3), ["crm_resource", "--move", "--resource", "guest4", "--node", target]
+    )
     wait_role(lab3, "guest4", ("Migrating",))
     kill_libvirtd(lab3, source)
     assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
@@ -149,9 +159,10 @@ def test_config_unreadable_on_one_host(lab3: Lab, watched: Watcher) -> None:
             0.5,
         )
         # a fresh probe there finds nothing running and starts nothing
-        lab3.run_in("host1", ["crm_resource", "--refresh", "--resource", "guest4", "--node", bad])
+        cmd_host = any_host(lab3)
+        lab3.run_in(cmd_host, ["crm_resource", "--refresh", "--resource", "guest4", "--node", bad])
         lab3.run_in(
-            "host1", ["crm_resource", "--wait", "--timeout", "120"], timeout=130, check=False
+            cmd_host, ["crm_resource", "--wait", "--timeout", "120"], timeout=130, check=False
         )
         where = watched.current().get("guest4", [])
         assert len(where) == 1 and where[0] != bad

@@ -67,7 +67,7 @@ def settle(lab: Lab, gc: GuestCluster) -> None:
     for node in gc.nodes:
         if not node_online(gc, node):
             gc.restart(node)
-    wait_for("the guest cluster complete", gc.all_online, 120)
+    wait_for("the guest cluster complete", gc.all_online, 240)
     wait_for("its fence device started", gc.device_started, 60)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from kvmha.tools.lab.config import AGENTS, LabConfig
 
@@ -153,3 +156,36 @@ def resources_xml(cfg: LabConfig) -> str:
     for g in cfg.guest_names():
         res.append(guest_resource(cfg, g))
     return ET.tostring(res, encoding="unicode")
+
+
+PACEMAKER_DIRS = (
+    ("var/lib/pacemaker", 0o750),
+    ("var/lib/pacemaker/cib", 0o750),
+    ("var/lib/pacemaker/pengine", 0o750),
+    ("var/lib/pacemaker/blackbox", 0o750),
+    ("var/lib/pacemaker/cores", 0o750),
+    ("var/log/pacemaker", 0o770),
+    ("var/log/pacemaker/bundles", 0o770),
+)
+
+
+def write_cluster_disk(root: Path, corosync_conf: str, authkey: bytes, cib: str) -> None:
+    """Below root, the cluster stack's part of a lab node's private directories:
+    corosync.conf, its authkey (0400), Pacemaker's directories (owned by hacluster) and
+    the CIB it starts from."""
+    hacluster = pwd.getpwnam("hacluster")
+    uid, gid = hacluster.pw_uid, hacluster.pw_gid
+    (root / "etc/corosync").mkdir(parents=True, exist_ok=True)
+    (root / "etc/corosync/corosync.conf").write_text(corosync_conf)
+    key = root / "etc/corosync/authkey"
+    key.write_bytes(authkey)
+    key.chmod(0o400)
+    for d, mode in PACEMAKER_DIRS:
+        p = root / d
+        p.mkdir(parents=True, exist_ok=True)
+        p.chmod(mode)
+        os.chown(p, uid, gid)
+    cibfile = root / "var/lib/pacemaker/cib/cib.xml"
+    cibfile.write_text(cib)
+    cibfile.chmod(0o600)
+    os.chown(cibfile, uid, gid)

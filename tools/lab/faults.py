@@ -152,6 +152,12 @@ def restore(lab: Lab, timeout: float = 240.0) -> None:
     first = cfg.host_names()[0]
     for g in cfg.guest_names():
         lab.run_in(first, ["crm_resource", "--clear", "--resource", g], check=False)
+        # a guest a test stopped (target-role) is started again
+        lab.run_in(
+            first,
+            ["crm_resource", "--resource", g, "--meta", "--delete-parameter", "target-role"],
+            check=False,
+        )
         lab.run_in(first, ["crm_resource", "--cleanup", "--resource", g], check=False)
     left = max(10, int(deadline - time.monotonic()))
     lab.run_in(

@@ -11,7 +11,6 @@ hosts' listeners over the lab network, so fencing node ``guestN`` powers the rea
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -108,11 +107,10 @@ class GuestCluster:
         )
         authkey = secrets.token_bytes(256)
         cib = clusterconf.seed_cib(run(["cibadmin", "--empty"]).stdout)
-        hacluster = pwd.getpwnam("hacluster")
         secret = new_secret()
         scope = Scope("domains", tuple(self.nodes))
         for node in self.nodes:
-            self._prepare_node(cfg.gc_node_dir(node), authkey, cib, hacluster)
+            self._prepare_node(cfg.gc_node_dir(node), authkey, cib)
             write_private(
                 cfg.gc_node_dir(node) / "etc/kvmha/gcluster-fence.key", key_text(KEY_NAME, secret)
             )
@@ -121,9 +119,7 @@ class GuestCluster:
             keys = cfg.host_dir(host) / "etc/kvmha/fence/keys"
             write_private(keys / f"{KEY_NAME}.key", key_text(KEY_NAME, secret, scope.as_fields()))
 
-    def _prepare_node(
-        self, nd: Path, authkey: bytes, cib: str, hacluster: pwd.struct_passwd
-    ) -> None:
+    def _prepare_node(self, nd: Path, authkey: bytes, cib: str) -> None:
         """The private directories hostinit binds, for a node without libvirt."""
         for d in (
             "etc/corosync",
@@ -142,27 +138,7 @@ class GuestCluster:
             (nd / d).mkdir(parents=True, exist_ok=True)
         (nd / "tmp").chmod(0o1777)
         (nd / "etc/kvmha").chmod(0o750)
-        (nd / "etc/corosync/corosync.conf").write_text(self.corosync_conf())
-        key = nd / "etc/corosync/authkey"
-        key.write_bytes(authkey)
-        key.chmod(0o400)
-        for d, mode in (
-            ("var/lib/pacemaker", 0o750),
-            ("var/lib/pacemaker/cib", 0o750),
-            ("var/lib/pacemaker/pengine", 0o750),
-            ("var/lib/pacemaker/blackbox", 0o750),
-            ("var/lib/pacemaker/cores", 0o750),
-            ("var/log/pacemaker", 0o770),
-            ("var/log/pacemaker/bundles", 0o770),
-        ):
-            p = nd / d
-            p.mkdir(parents=True, exist_ok=True)
-            p.chmod(mode)
-            os.chown(p, hacluster.pw_uid, hacluster.pw_gid)
-        cibfile = nd / "var/lib/pacemaker/cib/cib.xml"
-        cibfile.write_text(cib)
-        cibfile.chmod(0o600)
-        os.chown(cibfile, hacluster.pw_uid, hacluster.pw_gid)
+        clusterconf.write_cluster_disk(nd, self.corosync_conf(), authkey, cib)
 
     def boot(self, node: str) -> None:
         r = subprocess.run(

@@ -257,9 +257,8 @@ class Lab:
         authkey = secrets.token_bytes(256)
         corosync_conf = clusterconf.corosync_conf(cfg)
         cib = clusterconf.seed_cib(run(["cibadmin", "--empty"]).stdout)
-        hacluster = pwd.getpwnam("hacluster")
         for host in cfg.host_names():
-            self._prepare_host(cfg, host, authkey, corosync_conf, cib, hacluster)
+            self._prepare_host(cfg, host, authkey, corosync_conf, cib)
         self._prepare_fence_listeners(cfg)
         for guest in cfg.guest_names():
             xml = libvirtconf.guest_domain_xml(
@@ -287,7 +286,6 @@ class Lab:
         authkey: bytes,
         corosync_conf: str,
         cib: str,
-        hacluster: pwd.struct_passwd,
     ) -> None:
         hd = cfg.host_dir(host)
         for d in (
@@ -307,28 +305,7 @@ class Lab:
         shutil.copytree("/etc/libvirt", hd / "etc/libvirt", symlinks=True, dirs_exist_ok=True)
         (hd / "etc/libvirt/libvirtd.conf").write_text(libvirtconf.libvirtd_conf(cfg, host))
         (hd / "etc/libvirt/qemu.conf").write_text(libvirtconf.qemu_conf(cfg, host))
-        (hd / "etc/corosync/corosync.conf").write_text(corosync_conf)
-        key = hd / "etc/corosync/authkey"
-        key.write_bytes(authkey)
-        key.chmod(0o400)
-        uid, gid = hacluster.pw_uid, hacluster.pw_gid
-        for d, mode in (
-            ("var/lib/pacemaker", 0o750),
-            ("var/lib/pacemaker/cib", 0o750),
-            ("var/lib/pacemaker/pengine", 0o750),
-            ("var/lib/pacemaker/blackbox", 0o750),
-            ("var/lib/pacemaker/cores", 0o750),
-            ("var/log/pacemaker", 0o770),
-            ("var/log/pacemaker/bundles", 0o770),
-        ):
-            p = hd / d
-            p.mkdir(parents=True, exist_ok=True)
-            p.chmod(mode)
-            os.chown(p, uid, gid)
-        cibfile = hd / "var/lib/pacemaker/cib/cib.xml"
-        cibfile.write_text(cib)
-        cibfile.chmod(0o600)
-        os.chown(cibfile, uid, gid)
+        clusterconf.write_cluster_disk(hd, corosync_conf, authkey, cib)
 
     # ---- power and network faults -----------------------------------------
     def power_cut(self, host: str) -> None:

@@ -29,26 +29,7 @@ def create(cfg: LabConfig) -> None:
         ns = cfg.host_netns(host)
         if ns in have:
             continue
-        port = cfg.switch_port(host)
-        run(["ip", "netns", "add", ns])
-        run(
-            [
-                "ip",
-                "-n",
-                sw,
-                "link",
-                "add",
-                port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns,
-            ]
-        )
-        run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
+        _cable(cfg, ns, cfg.switch_port(host))
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", ns, "link", "set", "eth0", "master", "br0"])
@@ -61,12 +42,21 @@ def create_node(cfg: LabConfig, netns: str, port: str, address: str) -> None:
     """A namespace with one cable into the switch and an address on it (no bridge)."""
     if netns in existing_netns():
         return
+    _cable(cfg, netns, port)
+    run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
+    run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+
+
+def _cable(cfg: LabConfig, netns: str, port: str) -> None:
+    """A new namespace whose eth0 is cabled to the switch's port (plugged in)."""
+    sw = cfg.switch_netns
     run(["ip", "netns", "add", netns])
     run(
         [
             "ip",
             "-n",
-            cfg.switch_netns,
+            sw,
             "link",
             "add",
             port,
@@ -79,10 +69,7 @@ def create_node(cfg: LabConfig, netns: str, port: str, address: str) -> None:
             netns,
         ]
     )
-    run(["ip", "-n", cfg.switch_netns, "link", "set", port, "master", "br0", "up"])
-    run(["ip", "-n", netns, "link", "set", "lo", "up"])
-    run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
-    run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+    run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
 
 
 def set_cable(cfg: LabConfig, host: str, connected: bool) -> None:
