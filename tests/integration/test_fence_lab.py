@@ -64,10 +64,18 @@ def settle(lab: Lab, gc: GuestCluster) -> None:
         lambda: all(len(instances(lab, g)) == 1 for g in lab.cfg.guest_names()),
         120,
     )
-    for node in gc.nodes:
-        if not node_online(gc, node):
-            gc.restart(node)
-    wait_for("the guest cluster complete", gc.all_online, 240)
+    # a member the guest cluster fenced stops its own pacemaker, at once or a little
+    # later ("we were allegedly just fenced"): restart each one once it shows offline
+    restarted: set[str] = set()
+
+    def complete() -> bool:
+        for node in gc.nodes:
+            if node not in restarted and not node_online(gc, node):
+                gc.restart(node)
+                restarted.add(node)
+        return gc.all_online()
+
+    wait_for("the guest cluster complete", complete, 240)
     wait_for("its fence device started", gc.device_started, 60)
 
 
