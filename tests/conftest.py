@@ -7,6 +7,7 @@ A missing component makes the lab fixture fail: it is never a silent skip.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 
 from kvmha.tools.lab.lab import Lab
 
-TEST_LABS = Path("/var/lib/kvmha-test")
+# KVMHA_TEST_LABS lets several checkouts run their labs side by side (labs coexist by labdir)
+TEST_LABS = Path(os.environ.get("KVMHA_TEST_LABS", "/var/lib/kvmha-test"))
 
 
 def _progress(msg: str) -> None:
