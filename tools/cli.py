@@ -88,9 +88,29 @@ def lab() -> None:
     show_default=True,
     help="Corosync token timeout in ms.",
 )
-def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int) -> None:
+@click.option(
+    "--guest-image",
+    type=click.Choice(["busybox", "debian"]),
+    default="busybox",
+    show_default=True,
+    help="busybox: tiny fast guests; debian: real Debian 12 guests (docs/guests.md).",
+)
+@click.option(
+    "--guest-cluster",
+    is_flag=True,
+    help="Form a Pacemaker cluster inside the Debian guests, fencing through kvmha.",
+)
+def up(
+    labdir: Path,
+    hosts: int,
+    guests: int,
+    agent: str,
+    token_ms: int,
+    guest_image: str,
+    guest_cluster: bool,
+) -> None:
     """Bring the lab up (idempotent); returns when every host is online and quorate."""
-    _lab(labdir).up(hosts, guests, agent, token_ms)
+    _lab(labdir).up(hosts, guests, agent, token_ms, guest_image, guest_cluster)
 
 
 @lab.command()

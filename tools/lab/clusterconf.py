@@ -133,14 +133,17 @@ def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
     if cfg.agent == "Guest":
         # software HA: the deep monitor (OCF_CHECK_LEVEL=10) asks the guest agent and the
         # guest's own HTTP service
-        params["shutdown_timeout"] = "20"
+        params["shutdown_timeout"] = "60" if cfg.real_guests else "20"
         params["health_agent_ping"] = "true"
-        params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
+        if not cfg.guest_cluster:
+            # in a guest cluster nginx runs on one member only (its resource)
+            params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
     _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
     _nvset(prim, "meta_attributes", f"{guest}-meta", {"allow-migrate": "true"})
     ops = ET.SubElement(prim, "operations")
-    _op(ops, guest, "start", "60s")
-    _op(ops, guest, "stop", "60s")
+    # a Debian guest boots under TCG in 30-40 s alone, and several at once share 2 cores
+    _op(ops, guest, "start", "300s" if cfg.real_guests else "60s")
+    _op(ops, guest, "stop", "120s" if cfg.real_guests else "60s")
     _op(ops, guest, "monitor", "30s", "10s")
     if cfg.agent == "Guest":
         _op(ops, guest, "monitor", "30s", "15s", {"OCF_CHECK_LEVEL": "10"})
@@ -156,6 +159,19 @@ def resources_xml(cfg: LabConfig) -> str:
     for g in cfg.guest_names():
         res.append(guest_resource(cfg, g))
     return ET.tostring(res, encoding="unicode")
+
+
+def constraints_xml(cfg: LabConfig) -> str:
+    """Guest-cluster members prefer different hosts (a preference, not a rule: with a
+    host down, two members share a host rather than one staying down)."""
+    cons = ET.Element("constraints")
+    if cfg.guest_cluster:
+        names = cfg.guest_names()
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                attrs = {"id": f"spread-{a}-{b}", "rsc": a, "with-rsc": b, "score": "-1000"}
+                ET.SubElement(cons, "rsc_colocation", attrs)
+    return ET.tostring(cons, encoding="unicode")
 
 
 PACEMAKER_DIRS = (

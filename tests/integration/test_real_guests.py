@@ -1,0 +1,312 @@
+"""A real guest cluster: Pacemaker inside three Debian guests, fencing through kvmha.
+
+Three hosts, three real Debian 12 guests (``--guest-image debian --guest-cluster``), each
+a member of a guest cluster whose stonith device is fence_kvmha against the hosts'
+listeners, reached over the guests' own virtual NICs. The service is nginx with a
+floating address (group ``web``). Everything inside the guests is reached through the
+QEMU guest agent. A watcher asks every member every second whether nginx is active, and
+every test ends by asserting it never was on two members at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmha.tools.lab import power
+from kvmha.tools.lab.guestexec import GuestExecError, running_on
+from kvmha.tools.lab.lab import Lab
+from kvmha.tools.lab.realcluster import DEVICE_ID, SERVICE_ID, RealGuestCluster
+
+from .helpers import wait_for
+
+pytestmark = pytest.mark.lab
+TEST_LABS = Path(os.environ.get("KVMHA_TEST_LABS", "/var/lib/kvmha-test"))
+Setup = tuple[Lab, RealGuestCluster]
+
+
+def _progress(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def real_lab() -> Iterator[Setup]:
+    labdir = TEST_LABS / "realgc"
+    Lab(labdir, _progress).down(purge=True)
+    lab = Lab(labdir, _progress)
+    try:
+        lab.up(3, 3, "Guest", 1000, guest_image="debian", guest_cluster=True)
+        yield lab, RealGuestCluster(lab)
+    finally:
+        Lab(labdir, _progress).down()
+
+
+class ServiceWatch:
+    """Every second, through the guests: on which members is nginx active?"""
+
+    def __init__(self, gc: RealGuestCluster) -> None:
+        self.gc = gc
+        self.samples: list[tuple[float, dict[str, bool | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ServiceWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.time()
+            seen = {n: self.gc.nginx_active(n) for n in self.gc.nodes}
+            self.samples.append((t, seen))
+            self._stop.wait(max(0.0, 1.0 - (time.time() - t)))
+
+    def active_since(self, node: str, t: float) -> float | None:
+        """First time after t at which nginx was seen active on node."""
+        for ts, seen in self.samples:
+            if ts >= t and seen.get(node):
+                return ts
+        return None
+
+    def check(self) -> None:
+        assert len(self.samples) >= 5, "the watcher took too few samples"
+        doubles = [(t, s) for t, s in self.samples if sum(1 for v in s.values() if v) > 1]
+        assert not doubles, f"nginx active on two members at once: {doubles[:3]}"
+
+
+def audit(lab: Lab) -> list[dict[str, Any]]:
+    out = []
+    for h in lab.cfg.host_names():
+        f = lab.cfg.host_dir(h) / "var/log/kvmha/fence-audit.log"
+        if f.exists():
+            out += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return out
+
+
+def instances(lab: Lab, guest: str) -> list[tuple[str, int]]:
+    """(host, QEMU PID as the machine sees it) of every running copy of guest."""
+    found = []
+    for h in running_on(lab.cfg, guest):
+        found += [(h, p) for p in qemu_pids(lab, h, guest)]
+    return found
+
+
+def qemu_pids(lab: Lab, host: str, guest: str) -> list[int]:
+    pids = []
+    for p in power.netns_pids(lab.cfg.host_netns(host)):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and argv[0].endswith(b"qemu-system-x86_64")
+            and f"guest={guest},".encode() in b" ".join(argv)
+        ):
+            pids.append(p)
+    return pids
+
+
+def settle(lab: Lab, gc: RealGuestCluster) -> None:
+    """Every host on, every guest running once, the guest cluster complete and serving."""
+    for h in lab.cfg.host_names():
+        if not lab.powered(h):
+            lab.power_on(h)
+    wait_for(
+        "every host online",
+        lambda: (st := lab.cluster_state()) is not None and len(st.online_nodes()) == 3,
+        180,
+    )
+    for g in lab.cfg.guest_names():
+        lab.run_in("host1", ["crm_resource", "--cleanup", "-r", g], check=False)
+    wait_for(
+        "every guest running once",
+        lambda: all(len(running_on(lab.cfg, g)) == 1 for g in lab.cfg.guest_names()),
+        300,
+        1.0,
+    )
+    wait_for("the guest cluster complete", gc.all_online, 600, 3.0)
+    for n in gc.nodes:
+        try:
+            gc.exec(n, ["crm_resource", "--cleanup"], timeout=60)
+            break
+        except GuestExecError:
+            continue
+    wait_for(
+        "fencing and nginx started in the guest cluster",
+        lambda: (st := gc.state()) is not None
+        and st.running_on(DEVICE_ID) is not None
+        and st.running_on(SERVICE_ID) is not None,
+        300,
+        3.0,
+    )
+
+
+@pytest.fixture
+def real(real_lab: Setup) -> Setup:
+    settle(*real_lab)
+    return real_lab
+
+
+def test_guest_cluster_is_real_and_each_guest_has_its_own_identity(real: Setup) -> None:
+    lab, gc = real
+    st = gc.state()
+    assert st is not None and st.quorate
+    assert st.online_nodes() == ["guest1", "guest2", "guest3"]
+    ids = set()
+    for n in gc.nodes:
+        rc, out, _ = gc.exec(n, ["cat", "/etc/machine-id", "/proc/sys/kernel/hostname"])
+        assert rc == 0
+        mid, hostname = out.split()
+        assert hostname == n
+        ids.add(mid)
+        rc, out, _ = gc.exec(n, ["corosync-cfgtool", "-s"])
+        assert rc == 0 and f"nodeid: {n[5:]}" in out.replace("Local node ID ", "nodeid: "), out
+        rc, out, _ = gc.exec(n, ["ip", "-4", "-o", "addr", "show", "eth0"])
+        assert lab.cfg.guest_address(n) in out
+        # its own writable disk: an overlay on the shared, read-only base
+        disk = lab.cfg.guest_disk(n)
+        assert disk.exists() and "base.img" in os.popen(f"qemu-img info -U {disk}").read()
+    assert len(ids) == 3
+    # the members run on different hosts
+    assert len({running_on(lab.cfg, n)[0] for n in gc.nodes}) == 3
+    # the service answers on its floating address, from another member
+    holder = gc.service_node()
+    other = next(n for n in gc.nodes if n != holder)
+    rc, out, err = gc.exec(
+        other,
+        [
+            "python3",
+            "-c",
+            "import urllib.request, sys; "
+            "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+            f"http://{lab.cfg.gc_vip}/health",
+        ],
+    )
+    assert rc == 0 and out.strip() == "ok", err
+
+
+def test_stonith_admin_reboot_inside_a_guest_fences_through_kvmha(real: Setup) -> None:
+    lab, gc = real
+    holder = gc.service_node()
+    victim = next(n for n in gc.nodes if n != holder)
+    via = next(n for n in gc.nodes if n not in (victim,))
+    before = instances(lab, victim)
+    assert len(before) == 1
+    with ServiceWatch(gc) as watch:
+        rc, out, err = gc.exec(
+            via, ["stonith_admin", "--reboot", victim, "--timeout", "150"], timeout=180
+        )
+        assert rc == 0, out + err
+        # the old QEMU is gone: kvmha powered it off (not a guest-side reboot)
+        assert before[0] not in instances(lab, victim)
+        ev = [e for e in audit(lab) if e.get("action") == "reboot" and e.get("plug") == victim]
+        assert ev and ev[-1]["result"] == "off" and ev[-1]["key"] == "gcluster"
+        # the request came from a guest, over its virtual NIC
+        assert ev[-1]["peer"].split(":")[0] in {lab.cfg.guest_address(n) for n in gc.nodes}
+        wait_for(f"{victim} running again", lambda: len(instances(lab, victim)) == 1, 300, 1.0)
+        wait_for(
+            f"{victim} rejoined the guest cluster",
+            lambda: (st := gc.state(prefer=via)) is not None
+            and victim in st.online_nodes()
+            and len(st.online_nodes()) == 3,
+            600,
+            3.0,
+        )
+    watch.check()
+
+
+def test_hung_member_is_fenced_through_kvmha_and_its_service_moves(real: Setup) -> None:
+    lab, gc = real
+    victim = gc.service_node()
+    assert victim is not None
+    ((host, pid),) = instances(lab, victim)
+    with ServiceWatch(gc) as watch:
+        t0 = time.time()
+        os.kill(pid, signal.SIGSTOP)  # its QEMU hangs: vCPU, NIC, guest agent, all
+        try:
+            moved = wait_for(
+                "nginx active on another member",
+                lambda: (n := gc.service_node()) not in (None, victim) and n,
+                300,
+                2.0,
+            )
+        finally:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGCONT)  # if nothing fenced it, let it go on
+        ev = [
+            e
+            for e in audit(lab)
+            if e.get("plug") == victim and e.get("action") in ("reboot", "off")
+        ]
+        assert ev and ev[-1]["result"] == "off", ev
+        # the hung copy is gone (killed while stopped), the service runs elsewhere
+        assert (host, pid) not in instances(lab, victim)
+        started = watch.active_since(moved, t0)
+        assert started is not None
+        wait_for(
+            f"{victim} back in the guest cluster",
+            lambda: (st := gc.state(prefer=moved)) is not None and len(st.online_nodes()) == 3,
+            600,
+            3.0,
+        )
+    watch.check()
+
+
+def test_power_cut_of_a_members_host_host_fence_first_then_guest_fence(real: Setup) -> None:
+    lab, gc = real
+    victim = gc.service_node()
+    assert victim is not None
+    ((host, _pid),) = instances(lab, victim)
+    events_before = len(lab.power_events())
+    audit_before = len(audit(lab))
+    with ServiceWatch(gc) as watch:
+        lab.power_cut(host)
+        moved = wait_for(
+            "nginx active on another member",
+            lambda: (n := gc.service_node()) not in (None, victim) and n,
+            400,
+            2.0,
+        )
+        fenced = [
+            e
+            for e in lab.power_events()[events_before:]
+            if e["host"] == host and e["origin"] == "fence" and e["action"] == "off"
+        ]
+        assert fenced, "the host cluster did not fence the host"
+        gfence = [
+            e
+            for e in audit(lab)[audit_before:]
+            if e.get("plug") == victim and e.get("result") == "off"
+        ]
+        assert gfence, "the guest cluster's fence did not succeed through kvmha"
+        t_guest = time.mktime(time.strptime(gfence[0]["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert t_guest >= int(fenced[0]["t"]), (gfence[0], fenced[0])  # only after the host fence
+        assert watch.active_since(moved, fenced[0]["t"]) is not None
+        # the member restarts on a surviving host and rejoins
+        wait_for(
+            f"{victim} running on another host",
+            lambda: [h for h, _ in instances(lab, victim)] not in ([], [host]),
+            400,
+            2.0,
+        )
+        wait_for(
+            f"{victim} rejoined",
+            lambda: (st := gc.state(prefer=moved)) is not None and len(st.online_nodes()) == 3,
+            600,
+            3.0,
+        )
+    watch.check()
+    lab.power_on(host)
