@@ -310,3 +310,87 @@ def test_power_cut_of_a_members_host_host_fence_first_then_guest_fence(real: Set
         )
     watch.check()
     lab.power_on(host)
+
+
+def test_disk_lease_refuses_a_second_start_on_another_host(real: Setup) -> None:
+    """libvirt itself (virtlockd, lockspace on the shared storage) refuses to start a
+    guest whose disk a QEMU on another host holds: the protection a double-start guard
+    cannot give (its check and the create are not atomic)."""
+    import libvirt
+
+    lab, gc = real
+    guest = next(n for n in gc.nodes if n != gc.service_node())
+    ((host, pid),) = instances(lab, guest)
+    other = next(h for h in lab.cfg.host_names() if h != host)
+    xml = (lab.cfg.guests_dir / f"{guest}.xml").read_text()
+    conn = libvirt.open(lab.cfg.libvirt_uri(other))
+    try:
+        with pytest.raises(libvirt.libvirtError) as exc:
+            conn.createXML(xml, 0)
+        assert "lock" in str(exc.value).lower(), exc.value
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByName(guest)  # nothing left behind on the other host
+    finally:
+        conn.close()
+    # the first copy is untouched: same QEMU, still answering inside
+    assert instances(lab, guest) == [(host, pid)]
+    rc, out, _ = gc.exec(guest, ["cat", "/proc/sys/kernel/hostname"])
+    assert rc == 0 and out.strip() == guest
+    assert any(lab.cfg.lockspace_dir.iterdir())  # the leases live on the shared storage
+
+
+def test_live_migration_of_the_member_serving_http(real: Setup) -> None:
+    """The member that serves nginx live-migrates (kvmha guest migrate, i.e. a Pacemaker
+    move); a client in another guest GETs the service address all along."""
+    lab, gc = real
+    holder = gc.service_node()
+    assert holder is not None
+    client = next(n for n in gc.nodes if n != holder)
+    ((src, pid),) = instances(lab, holder)
+    dst = next(h for h in lab.cfg.host_names() if h != src)
+    script = (
+        "import time, urllib.request, sys\n"
+        "ok = err = 0\n"
+        "end = time.time() + float(sys.argv[2])\n"
+        "while time.time() < end:\n"
+        "    try:\n"
+        "        urllib.request.urlopen(sys.argv[1], timeout=5).read(); ok += 1\n"
+        "    except Exception as e:\n"
+        "        err += 1; print('error', repr(e), flush=True)\n"
+        "    time.sleep(0.2)\n"
+        "print('ok', ok, 'errors', err)\n"
+    )
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        result["r"] = gc.exec(
+            client,
+            ["python3", "-c", script, f"http://{lab.cfg.gc_vip}/health", "90"],
+            timeout=150,
+        )
+
+    t = threading.Thread(target=poll, daemon=True)
+    with ServiceWatch(gc) as watch:
+        t.start()
+        time.sleep(10)
+        r = lab.run_in(
+            src if src != "host1" else dst,
+            ["/usr/bin/python3", "-I", "-m", "kvmha.tools.cli", "guest", "migrate", holder, dst],
+            timeout=330,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert [h for h, _ in instances(lab, holder)] == [dst]
+        t.join(200)
+    watch.check()
+    rc, out, err = result["r"]
+    assert rc == 0, err
+    print(f"client in {client} during the migration of {holder} {src} -> {dst}: {out.strip()}")
+    last = out.strip().splitlines()[-1].split()
+    ok, errors = int(last[1]), int(last[3])
+    assert ok > 50
+    # a live migration, not a restart: the guest cluster never lost the member
+    st = gc.state(prefer=client)
+    assert st is not None and holder in st.online_nodes()
+    assert gc.service_node(st) == holder
+    assert errors == 0, out

@@ -180,6 +180,11 @@ class LabConfig:
         return self.labdir / "image"
 
     @property
+    def lockspace_dir(self) -> Path:
+        """virtlockd's lockspace, on the storage every host shares (the lab directory)."""
+        return self.labdir / "locks"
+
+    @property
     def pdu_socket(self) -> Path:
         return self.labdir / "power" / "pdu.sock"
 

@@ -33,6 +33,7 @@ REQUIRED_TOOLS = (
     "/usr/sbin/pacemakerd",
     "/usr/sbin/libvirtd",
     "/usr/sbin/virtlogd",
+    "/usr/sbin/virtlockd",
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/nsenter",
     "/usr/sbin/cibadmin",
@@ -274,9 +275,9 @@ class Lab:
         """A fresh lab directory: configuration, host disks, guest definitions."""
         self.say(f"preparing {cfg.labdir}")
         cfg.labdir.mkdir(parents=True, exist_ok=True)
-        for name in ("hosts", "guests", "run", "power", "image"):
+        for name in ("hosts", "guests", "run", "power", "image", "locks"):
             shutil.rmtree(cfg.labdir / name, ignore_errors=True)
-        for d in (cfg.run_dir, cfg.guests_dir, cfg.pdu_dir, cfg.image_dir):
+        for d in (cfg.run_dir, cfg.guests_dir, cfg.pdu_dir, cfg.image_dir, cfg.lockspace_dir):
             d.mkdir(parents=True)
         cfg.pdu_dir.chmod(0o700)
         if cfg.real_guests:
@@ -375,6 +376,8 @@ class Lab:
         shutil.copytree("/etc/libvirt", hd / "etc/libvirt", symlinks=True, dirs_exist_ok=True)
         (hd / "etc/libvirt/libvirtd.conf").write_text(libvirtconf.libvirtd_conf(cfg, host))
         (hd / "etc/libvirt/qemu.conf").write_text(libvirtconf.qemu_conf(cfg, host))
+        (hd / "etc/libvirt/qemu-lockd.conf").write_text(libvirtconf.qemu_lockd_conf(cfg))
+        (hd / "etc/libvirt/virtlockd.conf").write_text(libvirtconf.virtlockd_conf())
         clusterconf.write_cluster_disk(hd, corosync_conf, authkey, cib)
 
     # ---- power and network faults -----------------------------------------

@@ -32,7 +32,25 @@ def qemu_conf(cfg: LabConfig, host: str) -> str:
         "cgroup_controllers = [ ]\n"
         f'migration_address = "{addr}"\n'
         f'migration_host = "{addr}"\n'
+        # disk leases: virtlockd refuses a second QEMU on any host for a disk in use
+        'lock_manager = "lockd"\n'
     )
+
+
+def qemu_lockd_conf(cfg: LabConfig) -> str:
+    """virtlockd's leases for every disk, in a lockspace on the shared storage: one lease
+    file per disk path, the same file for every host, held by the virtlockd of the host
+    whose QEMU uses the disk (gone with that virtlockd when the host loses power)."""
+    return (
+        "# kvmha lab: a lease for every disk, in a lockspace every host shares\n"
+        "auto_disk_leases = 1\n"
+        "require_lease_for_disks = 1\n"
+        f'file_lockspace_dir = "{cfg.lockspace_dir}"\n'
+    )
+
+
+def virtlockd_conf() -> str:
+    return 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n'
 
 
 def guest_domain_xml(cfg: LabConfig, guest: str, kernel: str, initrd: str) -> str:
