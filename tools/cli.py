@@ -252,8 +252,22 @@ def chaos(
     type=click.Path(path_type=Path),
     help="Also write the timeline as JSON to this file.",
 )
-def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | None) -> None:
+@click.option(
+    "--guest-image",
+    type=click.Choice(["busybox", "debian"]),
+    default="busybox",
+    show_default=True,
+    help="debian: a guest cluster of 3 real guests serving HTTP (docs/guests.md).",
+)
+def demo(
+    labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | None, guest_image: str
+) -> None:
     """Bring a lab up, cut the power of a host that runs a guest, and time the recovery."""
+    if guest_image == "debian":
+        from kvmha.tools.lab import realdemo
+
+        realdemo.run_demo(_lab(labdir), hosts, json_file)
+        return
     from kvmha.tools.lab.demo import run_demo
 
     run_demo(_lab(labdir), hosts, guests, agent, json_file)
