@@ -90,10 +90,11 @@ def lab() -> None:
 )
 @click.option(
     "--guest-image",
-    type=click.Choice(["busybox", "debian"]),
+    type=click.Choice(["busybox", "debian", "debian-remote"]),
     default="busybox",
     show_default=True,
-    help="busybox: tiny fast guests; debian: real Debian 12 guests (docs/guests.md).",
+    help="busybox: tiny fast guests; debian: real Debian 12 guests; debian-remote: real "
+    "guests as Pacemaker Remote guest nodes (docs/guests.md).",
 )
 @click.option(
     "--guest-cluster",

@@ -18,7 +18,9 @@ DEFAULT_LABDIR = Path("/var/lib/kvmha-lab")
 MAX_HOSTS = 5
 MAX_GUESTS = 9
 SUBNET = "10.77.0"  # exists only inside the lab's own network namespaces
-GUEST_IMAGES = ("busybox", "debian")
+# debian-remote: the remote variant (pacemaker-remote), each guest a Pacemaker Remote
+# guest node of the host cluster (meta remote-node on its ocf:kvmha:Guest resource)
+GUEST_IMAGES = ("busybox", "debian", "debian-remote")
 # Corosync inside TCG guests on a loaded 2-core machine: a vCPU can be starved for
 # seconds, so the guest cluster's token is generous (consensus defaults to 1.2 x token).
 GUEST_CLUSTER_TOKEN_MS = 10000
@@ -133,7 +135,24 @@ class LabConfig:
 
     @property
     def real_guests(self) -> bool:
-        return self.guest_image == "debian"
+        return self.guest_image in ("debian", "debian-remote")
+
+    @property
+    def remote_nodes(self) -> bool:
+        return self.guest_image == "debian-remote"
+
+    @property
+    def image_variant(self) -> str:
+        return "remote" if self.remote_nodes else "full"
+
+    def remote_node_name(self, guest: str) -> str:
+        """guest's node name as a Pacemaker Remote guest node of the host cluster (not the
+        resource ID: Pacemaker names the implicit connection resource after the node)."""
+        return f"{guest}-node"
+
+    def service_id(self, guest: str) -> str:
+        """The host-cluster resource that runs nginx inside a guest node."""
+        return f"web-{guest}"
 
     def guest_nodeid(self, guest: str) -> int:
         """The guest's corosync nodeid in the real guest cluster."""

@@ -210,7 +210,12 @@ class HostInit:
             "pacemakerd",
             ["/usr/sbin/pacemakerd"],
             "/var/log/pacemaker/pacemakerd.out",
-            {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"},
+            {
+                "PCMK_logfacility": "none",
+                "PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
+                # Pacemaker Remote guest nodes (--guest-image debian-remote): the lab's key
+                "PCMK_authkey_location": "/etc/kvmha/pacemaker-authkey",
+            },
         )
         if Path(FENCE_LISTENER_CONF).exists():
             # as systemd would start kvmha-fence-listener.service

@@ -28,6 +28,17 @@ from kvmha.tools.lab.config import AGENTS, LabConfig, check_labdir
 from kvmha.tools.lab.image import DEFAULT_CACHE, ensure_image
 
 Progress = Callable[[str], None]
+
+
+def remote_key(cfg: LabConfig) -> bytes:
+    """The lab's Pacemaker Remote authkey (hosts and guest nodes), made once per lab."""
+    f = cfg.labdir / "pacemaker-authkey"
+    if not f.exists():
+        f.write_bytes(secrets.token_bytes(256))
+        f.chmod(0o600)
+    return f.read_bytes()
+
+
 REQUIRED_TOOLS = (
     "/usr/sbin/corosync",
     "/usr/sbin/pacemakerd",
@@ -194,7 +205,7 @@ class Lab:
                     clusterconf.resources_xml(cfg),
                 ],
             )
-            if cfg.guest_cluster:  # (references the guests: after them)
+            if cfg.guest_cluster or cfg.remote_nodes:  # (references the guests: after them)
                 self.run_in(
                     cfg.host_names()[0],
                     [
@@ -315,7 +326,7 @@ class Lab:
         written, a rebuild replaces the cache's file and leaves this lab's inode alone)."""
         from kvmha.tools.lab import debimage
 
-        img = debimage.ensure_image("full", say=self.say)
+        img = debimage.ensure_image(cfg.image_variant, say=self.say)
         for src, name in (
             (img.disk, "base.img"),
             (img.kernel, "vmlinuz"),
@@ -376,6 +387,13 @@ class Lab:
         shutil.copytree("/etc/libvirt", hd / "etc/libvirt", symlinks=True, dirs_exist_ok=True)
         (hd / "etc/libvirt/libvirtd.conf").write_text(libvirtconf.libvirtd_conf(cfg, host))
         (hd / "etc/libvirt/qemu.conf").write_text(libvirtconf.qemu_conf(cfg, host))
+        if cfg.remote_nodes:
+            # Pacemaker Remote's key, in the host's private /etc/kvmha (hostinit points
+            # pacemakerd at it with PCMK_authkey_location)
+            key = hd / "etc/kvmha/pacemaker-authkey"
+            key.write_bytes(remote_key(cfg))
+            key.chmod(0o640)
+            shutil.chown(key, "root", "haclient")
         (hd / "etc/libvirt/qemu-lockd.conf").write_text(libvirtconf.qemu_lockd_conf(cfg))
         (hd / "etc/libvirt/virtlockd.conf").write_text(libvirtconf.virtlockd_conf())
         clusterconf.write_cluster_disk(hd, corosync_conf, authkey, cib)

@@ -71,6 +71,14 @@ def seed_files(cfg: LabConfig) -> dict[str, tuple[dict[str, tuple[bytes, int]], 
     half of the fence key, in every host's listener key directory."""
     out: dict[str, tuple[dict[str, tuple[bytes, int]], list[str]]] = {}
     common = {"/etc/hosts": (hosts_file(cfg).encode(), 0o644)}
+    if cfg.remote_nodes:
+        from kvmha.tools.lab.lab import remote_key
+
+        files = dict(common)
+        files["/etc/pacemaker/authkey"] = (remote_key(cfg), 0o400)
+        for g in cfg.guest_names():
+            out[g] = (dict(files), ["pacemaker_remote.service"])
+        return out
     if not cfg.guest_cluster:
         for g in cfg.guest_names():
             out[g] = (dict(common), ["nginx.service"])
