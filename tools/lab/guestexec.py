@@ -79,12 +79,20 @@ def guest_exec(
     args: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
     if stdin is not None:
         args["input-data"] = base64.b64encode(stdin.encode()).decode()
-    started = agent_command(cfg, guest, {"execute": "guest-exec", "arguments": args})
+    per_call = max(1, min(10, int(timeout)))  # a hung guest costs at most this per call
+    started = agent_command(
+        cfg, guest, {"execute": "guest-exec", "arguments": args}, timeout=per_call
+    )
     pid = started["pid"]
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        st = agent_command(cfg, guest, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        st = agent_command(
+            cfg,
+            guest,
+            {"execute": "guest-exec-status", "arguments": {"pid": pid}},
+            timeout=per_call,
+        )
         if st.get("exited"):
             out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
             err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")

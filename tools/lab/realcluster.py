@@ -187,8 +187,8 @@ class RealGuestCluster:
         st = self.state()
         return bool(st and st.quorate and len(st.online_nodes()) == len(self.nodes))
 
-    def service_node(self, st: ClusterState | None = None) -> str | None:
-        st = st or self.state()
+    def service_node(self, st: ClusterState | None = None, prefer: str | None = None) -> str | None:
+        st = st or self.state(prefer)
         return st.running_on(SERVICE_ID) if st else None
 
     def device_started(self) -> bool:
@@ -198,7 +198,7 @@ class RealGuestCluster:
     def nginx_active(self, node: str) -> bool | None:
         """Is nginx active inside node (None: the guest does not answer)?"""
         try:
-            rc, out, _ = self.exec(node, ["/bin/systemctl", "is-active", "nginx"], timeout=20)
+            rc, out, _ = self.exec(node, ["/bin/systemctl", "is-active", "nginx"], timeout=5)
         except GuestExecError:
             return None
         return rc == 0 and out.strip() == "active"
