@@ -30,15 +30,6 @@ from kvmha.tools.lab.image import DEFAULT_CACHE, ensure_image
 Progress = Callable[[str], None]
 
 
-def remote_key(cfg: LabConfig) -> bytes:
-    """The lab's Pacemaker Remote authkey (hosts and guest nodes), made once per lab."""
-    f = cfg.labdir / "pacemaker-authkey"
-    if not f.exists():
-        f.write_bytes(secrets.token_bytes(256))
-        f.chmod(0o600)
-    return f.read_bytes()
-
-
 REQUIRED_TOOLS = (
     "/usr/sbin/corosync",
     "/usr/sbin/pacemakerd",
@@ -391,6 +382,8 @@ class Lab:
             # Pacemaker Remote's key, in the host's private /etc/kvmha (hostinit points
             # pacemakerd at it with PCMK_authkey_location)
             key = hd / "etc/kvmha/pacemaker-authkey"
+            from kvmha.tools.lab.realcluster import remote_key
+
             key.write_bytes(remote_key(cfg))
             key.chmod(0o640)
             shutil.chown(key, "root", "haclient")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from kvmha.errors import KvmhaError
 from kvmha.fence.agent import DEFAULT_PORT
@@ -72,8 +73,6 @@ def seed_files(cfg: LabConfig) -> dict[str, tuple[dict[str, tuple[bytes, int]], 
     out: dict[str, tuple[dict[str, tuple[bytes, int]], list[str]]] = {}
     common = {"/etc/hosts": (hosts_file(cfg).encode(), 0o644)}
     if cfg.remote_nodes:
-        from kvmha.tools.lab.lab import remote_key
-
         files = dict(common)
         files["/etc/pacemaker/authkey"] = (remote_key(cfg), 0o400)
         for g in cfg.guest_names():
@@ -96,6 +95,15 @@ def seed_files(cfg: LabConfig) -> dict[str, tuple[dict[str, tuple[bytes, int]], 
         files[GUEST_KEY_PATH] = (guest_key_text(KEY_NAME, secret).encode(), 0o600)
         out[g] = (files, ["corosync.service", "pacemaker.service"])
     return out
+
+
+def remote_key(cfg: LabConfig) -> bytes:
+    """The lab's Pacemaker Remote authkey (hosts and guest nodes), made once per lab."""
+    f = cfg.labdir / "pacemaker-authkey"
+    if not f.exists():
+        f.write_bytes(secrets.token_bytes(256))
+        f.chmod(0o600)
+    return f.read_bytes()
 
 
 def _nvpairs(parent: ET.Element, tag: str, set_id: str, values: dict[str, str]) -> None:
@@ -156,11 +164,21 @@ def crm_config_xml() -> str:
     return ET.tostring(cfg, encoding="unicode")
 
 
-class RealGuestCluster:
-    def __init__(self, lab: object) -> None:
-        from kvmha.tools.lab.lab import Lab
+class LabLike(Protocol):
+    """What the guest cluster needs of kvmha.tools.lab.lab.Lab (which imports this)."""
 
-        assert isinstance(lab, Lab)
+    @property
+    def cfg(self) -> LabConfig: ...
+
+    def say(self, msg: str) -> None: ...
+
+    def wait(
+        self, what: str, cond: Callable[[], bool], timeout: float, interval: float = 0.25
+    ) -> float: ...
+
+
+class RealGuestCluster:
+    def __init__(self, lab: LabLike) -> None:
         self.lab = lab
         self.cfg = lab.cfg
         self.nodes = self.cfg.guest_names()
