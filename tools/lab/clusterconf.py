@@ -135,8 +135,9 @@ def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
         # guest's own HTTP service
         params["shutdown_timeout"] = "60" if cfg.real_guests else "20"
         params["health_agent_ping"] = "true"
-        if not cfg.guest_cluster:
-            # in a guest cluster nginx runs on one member only (its resource)
+        if not cfg.guest_cluster and not cfg.remote_nodes:
+            # nginx runs in every guest only then: in a guest cluster it runs on one member
+            # (its resource), in a guest node as a host-cluster resource
             params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
     _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
     meta = {"allow-migrate": "true"}
