@@ -256,6 +256,7 @@ def test_stonith_admin_reboot_inside_a_guest_fences_through_kvmha(real: Setup) -
     watch.check()
 
 
+@pytest.mark.heavy
 @pytest.mark.xfail(
     strict=True,
     reason="fence/virt.py off() suspends before it destroys; with a hung guest the domain's "
@@ -301,6 +302,7 @@ def test_hung_member_is_fenced_through_kvmha_and_its_service_moves(real: Setup) 
     watch.check()
 
 
+@pytest.mark.heavy
 def test_power_cut_of_a_members_host_host_fence_first_then_guest_fence(real: Setup) -> None:
     lab, gc = real
     victim = gc.service_node()

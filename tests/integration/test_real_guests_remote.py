@@ -20,7 +20,7 @@ from kvmha.tools.lab.lab import Lab
 
 from .helpers import wait_for
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.heavy]
 TEST_LABS = Path(os.environ.get("KVMHA_TEST_LABS", "/var/lib/kvmha-test"))
 GUEST = "guest1"
 NODE = "guest1-node"
