@@ -117,7 +117,8 @@ def test_status_spells_out_the_designated_controller(paper_cluster: None, monkey
 
 def test_lab_status_spells_out_the_designated_controller() -> None:
     text = Path(__file__).resolve().parents[2].joinpath("tools/lab/cli.py").read_text()
-    assert "designated controller {st['dc']" in text and "DC {" not in text
+    assert "designated controller {st['designated_controller']" in text and "DC {" not in text
+    assert 'st["designated_controller"] = st.pop("dc", None)' in text
 
 
 # ---- --json: every document names its schema, and matches it ---------------------------
