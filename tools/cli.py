@@ -242,10 +242,11 @@ def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | No
 def _register() -> None:
     from kvmha.tools.cluster_cli import completion, dc, guest, status
     from kvmha.tools.doctor_cli import doctor
+    from kvmha.tools.events_cli import events
     from kvmha.tools.fence_cli import fence
     from kvmha.tools.net_cli import net
 
-    for cmd in (status, guest, dc, doctor, fence, net, completion):
+    for cmd in (status, guest, dc, doctor, fence, net, completion, events):
         main.add_command(cmd)
 
 
