@@ -18,6 +18,7 @@ running are expected and are not events.
 from __future__ import annotations
 
 import calendar
+import datetime
 import json
 import re
 import time
@@ -55,25 +56,25 @@ def parse_time(text: str | None) -> float | None:
     )
     if not m:
         return None
-    fields = [int(x) for x in m.groups()[:6]]
-    t = float(calendar.timegm((*fields, 0, 0, 0)))
+    try:
+        when = datetime.datetime(*(int(x) for x in m.groups()[:6]))
+    except ValueError:
+        return None
     zone = m.group(7)
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
+    if zone is None:  # Pacemaker's local time
+        return time.mktime(when.timetuple())
+    offset = 0
+    if zone != "Z":
         digits = zone[1:].replace(":", "")
-        t -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-    elif zone is None:
-        t = time.mktime(time.strptime(text[:19].replace("T", " "), "%Y-%m-%d %H:%M:%S"))
-    return t
+        offset = (1 if zone[0] == "+" else -1) * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return float(calendar.timegm(when.timetuple())) - offset
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def event(
-    t: float, kind: str, message: str, source: str, **fields: Any
-) -> dict[str, Any]:
+def event(t: float, kind: str, message: str, source: str, **fields: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"time": _iso(t), "epoch": t, "kind": kind, "message": message}
     out.update({k: v for k, v in fields.items() if v is not None})
     out["source"] = source
@@ -185,9 +186,9 @@ def audit_events(lines: Iterable[str]) -> list[dict[str, Any]]:
             continue
         action = rec.get("action")
         result = rec.get("result")
-        if action in (None, "status", "list", "monitor", "locate", "local-list", "survey"):
-            if result not in ("refused", "denied"):
-                continue
+        quiet = action in (None, "status", "list", "monitor", "locate", "local-list", "survey")
+        if quiet and result not in ("refused", "denied"):
+            continue
         t = parse_time(str(rec.get("time", "")))
         if t is None:
             continue

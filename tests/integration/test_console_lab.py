@@ -12,9 +12,10 @@ Screenshots of the main views go to docs/console/ (referenced from docs/console.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import re
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,10 +104,8 @@ class Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def close(self) -> None:
@@ -214,8 +213,8 @@ class Page:
         ]
 
     def hosts(self) -> dict[str, str]:
-        return {h: s for h, s in self.attrs("[data-host][data-state]:not([data-guest])",
-                                            "data-host", "data-state")}  # fmt: skip
+        rows = self.attrs("[data-host][data-state]:not([data-guest])", "data-host", "data-state")
+        return {h: s for h, s in rows}
 
     def guests(self) -> dict[str, tuple[str, str]]:
         rows = self.attrs("[data-guest][data-state]", "data-guest", "data-host", "data-state")
@@ -326,7 +325,11 @@ def test_migrate_from_the_page_moves_the_guest_and_shows_progress(
     assert source is not None
     target = next(h for h in lab.cfg.host_names() if h != source)
     wait_for("guest1 ready", lambda: lab.guest_ready_since(guest, 0), 60)
-    until("the Migrate button", lambda: page.text(f'tr[data-guest="{guest}"] [data-action="migrate"]'), 20)
+    until(
+        "the Migrate button",
+        lambda: page.text(f'tr[data-guest="{guest}"] [data-action="migrate"]'),
+        20,
+    )
     page.click(f'tr[data-guest="{guest}"] [data-action="migrate"]')
     d = page.frame()
     assert "Migrate guest1?" in page.text("#kv-dialog-title")
@@ -349,7 +352,7 @@ def test_migrate_from_the_page_moves_the_guest_and_shows_progress(
     assert "migrating" in seen_states, seen_states
     assert "100" in {p.split(".")[0] for p in seen_progress}, seen_progress
     assert page.text("#kv-progress-text").startswith("100%")
-    print(f"migrate from the page: result shown after {took:.1f} s, progress {sorted(seen_progress)}")
+    print(f"migrate from the page: result after {took:.1f} s, progress {sorted(seen_progress)}")
     page.screenshot("migrate.png")
     # libvirt, not the page, says where the guest runs
     assert guest in libvirt_running(lab, target)
@@ -382,15 +385,23 @@ def test_power_cut_shows_on_the_page_and_the_guest_comes_back_elsewhere(
             HOST_DOWN_SHOWN_S,
             0.2,
         )
-        fenced = until(f"{victim} fenced on the page",
-                       lambda: page.hosts().get(victim) == "fenced", GUEST_BACK_SHOWN_S, 0.2)  # fmt: skip
+        fenced = until(
+            f"{victim} fenced on the page",
+            lambda: page.hosts().get(victim) == "fenced",
+            GUEST_BACK_SHOWN_S,
+            0.2,
+        )
 
         def back_elsewhere() -> bool:
             shown = page.guests()
-            return all(shown.get(g, ("", ""))[1] == "running" and shown[g][0] not in ("", victim)
-                       for g in moved)  # fmt: skip
+            return all(
+                shown.get(g, ("", ""))[1] == "running" and shown[g][0] not in ("", victim)
+                for g in moved
+            )
 
-        until("the guests running on other hosts on the page", back_elsewhere, GUEST_BACK_SHOWN_S, 0.2)
+        until(
+            "the guests running on other hosts on the page", back_elsewhere, GUEST_BACK_SHOWN_S, 0.2
+        )
         back = time.monotonic() - t0
         print(
             f"power cut of {victim}: page shows it down after {down:.1f} s, fenced after "
@@ -419,14 +430,22 @@ def refused_by_the_cli(lab: Lab, page: Page, offline_host: str) -> None:
     """A migration to a host that is down: the page shows the CLI's own refusal."""
     guest = "guest3"
     wait_for(f"{guest} running", lambda: cluster_guests(lab)[guest], 60)
-    until(f"{guest}'s Migrate button", lambda: page.text(f'tr[data-guest="{guest}"] [data-action="migrate"]'), 20)
+    until(
+        f"{guest}'s Migrate button",
+        lambda: page.text(f'tr[data-guest="{guest}"] [data-action="migrate"]'),
+        20,
+    )
     where = cluster_guests(lab)[guest]
     page.click(f'tr[data-guest="{guest}"] [data-action="migrate"]')
     from selenium.webdriver.support.ui import Select
 
     Select(page.frame().find_element("id", "kv-migrate-target")).select_by_value(offline_host)
     page.click("#kv-dialog-ok")
-    until("the refusal on the page", lambda: page.attrs("#kv-dialog-result[data-result]", "data-result"), 60)
+    until(
+        "the refusal on the page",
+        lambda: page.attrs("#kv-dialog-result[data-result]", "data-result"),
+        60,
+    )
     assert page.attrs("#kv-dialog-result", "data-result") == [("error",)]
     cli = lab.run_in("host1", ["kvmha", "guest", "migrate", guest, offline_host], check=False)
     assert cli.returncode != 0
