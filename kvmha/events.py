@@ -145,6 +145,18 @@ def _operation_event(op: ET.Element, guest: str, host: str) -> dict[str, Any] | 
     rc = op.get("rc-code", "")
     expected = _expected_rc(op)
     op_status = op.get("op-status", "0")
+    if op_status == "1":  # cancelled (a recurring monitor stopped): nothing happened
+        return None
+    if op_status == "-1" or rc == "193":  # still running: Pacemaker records it as pending
+        return event(
+            t,
+            "pending",
+            f"{guest}: {name} in progress on {host}",
+            "operation-history",
+            guest=guest,
+            host=host,
+            operation=name,
+        )
     failed = op_status not in ("0", "") or (expected is not None and rc != expected)
     if failed:
         reason = op.get("exit-reason") or OCF_NAMES.get(rc, f"rc {rc}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -416,9 +417,21 @@ def test_power_cut_shows_on_the_page_and_the_guest_comes_back_elsewhere(
             lambda: f"{victim} fenced" in page.text('[data-event-kind="fence"]'),
             30,
         )
-        text = page.text("#kv-events")
-        assert any(f"{g} started on" in text for g in moved), text
+        until(
+            "the guests' new starts in the page's timeline",
+            lambda: all(f"{g} started on" in page.text("#kv-events") for g in moved),
+            30,
+        )
         page.screenshot("power-cut.png")
+        ev = lab.run_in("host1", ["kvmha", "events", "--json"])
+        doc = json.loads(ev.stdout)
+        assert doc["schema"] == 1
+        print(
+            "kvmha events:",
+            *(f"{e['time']} {e['kind']}: {e['message']}" for e in doc["events"]),
+            sep="\n  ",
+        )
+        assert any(e["kind"] == "fence" and e["host"] == victim for e in doc["events"])
         refused_by_the_cli(lab, page, victim)
     finally:
         if not lab.powered(victim):

@@ -108,6 +108,14 @@ def test_a_probe_that_finds_a_guest_stopped_is_no_event_but_a_surprise_is() -> N
     assert [e["message"] for e in got] == ["guest1: probe failed on host2: ok"]
 
 
+def test_an_operation_in_progress_is_pending_not_failed() -> None:
+    c = cib(("host3", "guest4", [op("guest4", "start", 193, 0, T0, op_status="-1")]))
+    got = events.operation_events(c, ["guest4"])
+    assert [(e["kind"], e["message"]) for e in got] == [
+        ("pending", "guest4: start in progress on host3")
+    ]
+
+
 def test_only_guests_count_not_other_resources() -> None:
     c = cib(("host1", "lab-power", [op("lab-power", "start", 0, 0, T0)]))
     assert events.operation_events(c, ["guest1"]) == []

@@ -431,7 +431,7 @@
         if (e.source === "console") return "seen here";
         return { fence: "fenced", "fence-failed": "fence failed", failure: "failure", start: "started",
                  stop: "stopped", migrate: "migrated", "migrate-out": "migrating",
-                 "fence-request": "fence request" }[e.kind] || e.kind;
+                 "fence-request": "fence request", pending: "in progress" }[e.kind] || e.kind;
     }
 
     /* ---- plan ------------------------------------------------------------------------- */
@@ -526,7 +526,8 @@
         result.setAttribute("data-result", outcome);
         result.className = "pf-c-modal-box__body pf-c-alert pf-m-inline " +
             (outcome === "ok" ? "pf-m-success" : "pf-m-danger");
-        result.appendChild(el("p", { class: "pf-c-alert__title kv-pre", text: (outcome === "ok" ? "✔ " : "✖ ") + text }));
+        result.appendChild(el("p", { class: outcome === "ok" ? "pf-c-alert__title" : "pf-c-alert__title kv-pre",
+                                     text: (outcome === "ok" ? "✔ " : "✖ ") + text }));
         show(result, true);
         show($("kv-dialog-ok"), false);
         $("kv-dialog-cancel").textContent = "Close";
