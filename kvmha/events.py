@@ -17,10 +17,8 @@ running are expected and are not events.
 
 from __future__ import annotations
 
-import calendar
-import datetime
+import contextlib
 import json
-import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -45,29 +43,14 @@ OCF_NAMES = {
 
 
 def parse_time(text: str | None) -> float | None:
-    """Seconds since the epoch from Pacemaker's and the audit log's time formats."""
+    """Unix time from the CIB's seconds since the epoch or a time stamp (Pacemaker's or the
+    audit log's ISO 8601, read by pcmk.parse_time, the one reader of those)."""
     if not text:
         return None
     text = text.strip()
     if text.isdigit():
         return float(text)
-    m = re.fullmatch(
-        r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.\d+)?\s*(Z|[+-]\d\d:?\d\d)?", text
-    )
-    if not m:
-        return None
-    try:
-        when = datetime.datetime(*(int(x) for x in m.groups()[:6]))
-    except ValueError:
-        return None
-    zone = m.group(7)
-    if zone is None:  # Pacemaker's local time
-        return time.mktime(when.timetuple())
-    offset = 0
-    if zone != "Z":
-        digits = zone[1:].replace(":", "")
-        offset = (1 if zone[0] == "+" else -1) * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-    return float(calendar.timegm(when.timetuple())) - offset
+    return pcmk.parse_time(text)
 
 
 def _iso(t: float) -> str:
@@ -85,7 +68,7 @@ def fencing_events(history: Iterable[pcmk.FenceEvent]) -> list[dict[str, Any]]:
     """Host fencing from Pacemaker's fencing history (crm_mon)."""
     out = []
     for e in history:
-        t = parse_time(e.completed)
+        t = e.completed_at
         if t is None:
             continue
         ok = e.status == "success"
@@ -157,6 +140,8 @@ def _operation_event(op: ET.Element, guest: str, host: str) -> dict[str, Any] | 
             host=host,
             operation=name,
         )
+    with contextlib.suppress(ValueError):  # the time it finished, not the time it began
+        t += int(op.get("exec-time", "0")) / 1000
     failed = op_status not in ("0", "") or (expected is not None and rc != expected)
     if failed:
         reason = op.get("exit-reason") or OCF_NAMES.get(rc, f"rc {rc}")
@@ -177,7 +162,7 @@ def _operation_event(op: ET.Element, guest: str, host: str) -> dict[str, Any] | 
         "start": ("start", f"{guest} started on {host}"),
         "stop": ("stop", f"{guest} stopped on {host}"),
         "migrate_from": ("migrate", f"{guest} live-migrated to {host}"),
-        "migrate_to": ("migrate-out", f"{guest} live-migration from {host} began"),
+        "migrate_to": ("migrate-out", f"{guest} live-migrated away from {host}"),
     }.get(name)
     if text is None:
         return None

@@ -8,6 +8,7 @@ from collections import deque
 
 import click
 
+from kvmha.errors import KvmhaError
 from kvmha.tools.output import emit_json, table
 
 LISTENER_CONF = "/etc/kvmha/fence/listener.conf"
@@ -22,7 +23,8 @@ def audit_log_path(conf: str = LISTENER_CONF) -> str | None:
 
     try:
         return Config.load(conf).audit_log
-    except (SystemExit, ValueError, KeyError):  # a broken config must not hide the events
+    except (KvmhaError, SystemExit, ValueError, KeyError):  # a broken config must not hide
+        # the events: doctor reports it
         return DEFAULT_AUDIT_LOG
 
 

@@ -490,7 +490,7 @@
         var result = clear($("kv-dialog-result"));
         result.removeAttribute("data-result");
         show(result, false);
-        show($("kv-progress"), false);
+        resetProgress();
         var ok = $("kv-dialog-ok");
         ok.textContent = confirmLabel;
         ok.disabled = false;
@@ -522,6 +522,9 @@
 
     function finish(outcome, text) {
         dialog.running = false;
+        var fill = $("kv-progress-fill");
+        if (outcome !== "ok" && fill.classList.contains("kv-indeterminate")) resetProgress();
+        if (state.status) render(); // the guest is no longer "migrating" on this page's behalf
         var result = clear($("kv-dialog-result"));
         result.setAttribute("data-result", outcome);
         result.className = "pf-c-modal-box__body pf-c-alert pf-m-inline " +
@@ -601,11 +604,22 @@
         }
     }
 
+    function resetProgress() {
+        var box = $("kv-progress");
+        show(box, false);
+        box.setAttribute("data-progress", "");
+        box.removeAttribute("data-updates");
+        $("kv-progress-fill").style.width = "";
+        $("kv-progress-fill").classList.remove("kv-indeterminate");
+        $("kv-progress-text").textContent = "";
+    }
+
     function progress(pct, text) {
         var box = $("kv-progress");
         show(box, true);
         var fill = $("kv-progress-fill");
         if (pct === null) {
+            fill.style.width = "";
             fill.classList.add("kv-indeterminate");
             box.setAttribute("data-progress", "");
         } else {
