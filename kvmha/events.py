@@ -131,6 +131,8 @@ def _operation_event(op: ET.Element, guest: str, host: str) -> dict[str, Any] | 
     if op_status == "1":  # cancelled (a recurring monitor stopped): nothing happened
         return None
     if op_status == "-1" or rc == "193":  # still running: Pacemaker records it as pending
+        if name == "monitor":  # a monitor's first run: no news
+            return None
         return event(
             t,
             "pending",

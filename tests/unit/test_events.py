@@ -113,7 +113,14 @@ def test_a_probe_that_finds_a_guest_stopped_is_no_event_but_a_surprise_is() -> N
 
 
 def test_an_operation_in_progress_is_pending_not_failed() -> None:
-    c = cib(("host3", "guest4", [op("guest4", "start", 193, 0, T0, op_status="-1")]))
+    c = cib(
+        ("host3", "guest4", [op("guest4", "start", 193, 0, T0, op_status="-1")]),
+        (
+            "host2",
+            "guest4",
+            [op("guest4", "monitor", 193, 0, T0, op_status="-1", interval="10000")],
+        ),
+    )
     got = events.operation_events(c, ["guest4"])
     assert [(e["kind"], e["message"]) for e in got] == [
         ("pending", "guest4: start in progress on host3")
