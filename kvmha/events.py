@@ -26,8 +26,6 @@ from typing import Any
 
 from kvmha import pcmk
 
-SCHEMA = 1
-
 OCF_NAMES = {
     "0": "ok",
     "1": "generic error",
@@ -220,7 +218,7 @@ def timeline(*groups: list[dict[str, Any]], limit: int = 50) -> list[dict[str, A
 
 
 def report(audit_lines: Iterable[str] = (), limit: int = 50) -> dict[str, Any]:
-    """The cluster's recent events as `kvmha events --json` prints them."""
+    """The cluster's recent events: the body of `kvmha events --json` (kvmha.events.v1)."""
     from kvmha.guests import guest_primitives
 
     st = pcmk.cluster_state()
@@ -231,4 +229,4 @@ def report(audit_lines: Iterable[str] = (), limit: int = 50) -> dict[str, Any]:
         audit_events(audit_lines),
         limit=limit,
     )
-    return {"schema": SCHEMA, "now": _iso(time.time()), "events": events}
+    return {"now": _iso(time.time()), "events": events}

@@ -9,7 +9,7 @@ from collections import deque
 import click
 
 from kvmha.errors import KvmhaError
-from kvmha.tools.output import emit_json, table
+from kvmha.tools.output import emit, json_option, table
 
 LISTENER_CONF = "/etc/kvmha/fence/listener.conf"
 DEFAULT_AUDIT_LOG = "/var/log/kvmha/fence-audit.log"
@@ -37,7 +37,7 @@ def audit_tail(path: str | None, lines: int = 2000) -> list[str]:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="At most N events."
 )
@@ -48,7 +48,7 @@ def events(as_json: bool, limit: int) -> None:
 
     rep = report(audit_tail(audit_log_path()), limit)
     if as_json:
-        emit_json(rep)
+        emit("events", rep)
         return
     click.echo(
         table(

@@ -427,7 +427,7 @@ def test_power_cut_shows_on_the_page_and_the_guest_comes_back_elsewhere(
         page.screenshot("power-cut.png")
         ev = lab.run_in("host1", ["kvmha", "events", "--json"])
         doc = json.loads(ev.stdout)
-        assert doc["schema"] == 1
+        assert doc["schema"] == "kvmha.events.v1"
         print(
             "kvmha events:",
             *(f"{e['time']} {e['kind']}: {e['message']}" for e in doc["events"]),

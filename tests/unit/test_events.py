@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from support import cluster_fixture
+from support.schema import validate
 
 from kvmha import events
 from kvmha.pcmk import FenceEvent
+from kvmha.tools import events_cli
+from kvmha.tools.cli import main
+
+paper_cluster = cluster_fixture.paper_cluster
 
 T0 = 1796166000  # 2026-12-01T23:00:00Z
 
@@ -166,3 +174,39 @@ def test_timeline_is_newest_first_and_bounded() -> None:
     many = [events.event(T0 + i, "start", str(i), "x") for i in range(10)]
     got = events.timeline(many[:5], many[5:], limit=3)
     assert [e["message"] for e in got] == ["9", "8", "7"]
+
+
+def test_kvmha_events_json_is_a_document_its_schema_describes(
+    paper_cluster: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    audit = tmp_path / "fence-audit.log"
+    audit.write_text(
+        json.dumps(
+            {
+                "time": "2026-12-01T23:00:05+0000",
+                "listener": "host1",
+                "key": "gc1",
+                "action": "off",
+                "plug": "guest2",
+                "result": "off",
+            }
+        )
+        + "\n"
+    )
+    monkeypatch.setattr(events_cli, "audit_log_path", lambda: str(audit))
+    r = CliRunner(mix_stderr=False).invoke(main, ["events", "--json"], prog_name="kvmha")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "kvmha.events.v1"
+    validate(doc)
+    assert any(e["kind"] == "fence-request" for e in doc["events"])
+    text = CliRunner(mix_stderr=False).invoke(main, ["events"], prog_name="kvmha")
+    assert text.exit_code == 0 and "fence request off guest2" in text.stdout
+
+
+def test_the_audit_log_path_comes_from_the_listeners_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "listener.conf"
+    conf.write_text("[listener]\nhost = host1\naudit_log = /srv/audit.log\n")
+    assert events_cli.audit_log_path(str(conf)) == "/srv/audit.log"
+    assert events_cli.audit_log_path(str(tmp_path / "none.conf")) == events_cli.DEFAULT_AUDIT_LOG
+    assert events_cli.audit_tail(str(tmp_path / "missing.log")) == []

@@ -81,10 +81,13 @@
     /* ---- running the CLI -------------------------------------------------------------- */
     /* Resolves with stdout; rejects with {message, exit} where message is the CLI's own
      * error text (its stderr, or the message and fix of a JSON error object). */
-    function kvmha(args, onChunk) {
+    function kvmha(args, onChunk, merged) {
         return new Promise(function (resolve, reject) {
             var out = "";
-            var proc = cockpit.spawn(["kvmha"].concat(args), SPAWN);
+            // merged: stderr into the same stream, for commands whose progress goes there
+            // (`kvmha guest migrate --json` prints progress on stderr, the result on stdout)
+            var opts = merged ? { superuser: SPAWN.superuser, err: "out" } : SPAWN;
+            var proc = cockpit.spawn(["kvmha"].concat(args), opts);
             proc.stream(function (chunk) {
                 out += chunk;
                 if (onChunk) onChunk(chunk, out);
@@ -102,6 +105,8 @@
             return "kvmha: error: " + e.message + (e.fix ? "\nkvmha: fix: " + e.fix : "");
         }
         if (ex.problem === "not-found") return "the kvmha command is not installed on this host";
+        var said = (out || "").split("\n").filter(function (l) { return /^kvmha: /.test(l) });
+        if (said.length) return said.join("\n");
         var text = (ex.message || "").trim();
         if (!text && ex.problem) text = "cockpit: " + ex.problem;
         if (!text) text = "kvmha exited with code " + ex.exit_status;
@@ -538,9 +543,18 @@
     }
 
     /* The CLI's own words for what it did: a JSON document's message, or its last line. */
+    var RESULTS = {
+        "guest-start": function (d) { return d.guest + " started" + (d.host ? " on " + d.host : "") },
+        "guest-stop": function (d) { return d.guest + " stopped" },
+        "guest-migrate": function (d) {
+            return d.guest + " migrated to " + d.host + (d.seconds !== undefined ? " in " + d.seconds + " s" : "");
+        }
+    };
+
     function summaryOf(out) {
         var doc = parseJson(out);
         if (doc && typeof doc === "object" && !Array.isArray(doc)) {
+            if (RESULTS[doc.action]) return RESULTS[doc.action](doc);
             if (doc.message) return doc.message;
             if (doc.summary) return doc.summary;
             return Object.keys(doc).filter(function (k) { return k !== "schema" && typeof doc[k] !== "object" })
@@ -560,7 +574,7 @@
             : "The cluster stops " + g.name + " and keeps it stopped until it is started again.";
         openDialog(verb === "start" ? "Start " + g.name + "?" : "Stop " + g.name + "?", para(what),
                    verb === "start" ? "Start" : "Stop", function () {
-                       return actionArgv(["guest", verb, g.name]).then(function (argv) { return kvmha(argv) })
+                       return actionArgv(["guest", verb, g.name]).then(function (argv) { return kvmha(argv, null, true) })
                                .then(done, fail);
                    });
     }
@@ -578,7 +592,7 @@
             if (state.status) render();
             progress(null, "asking the cluster to move " + g.name + " to " + target);
             return actionArgv(["guest", "migrate", g.name, target])
-                    .then(function (argv) { return kvmha(argv, function (_chunk, all) { progressFrom(all) }) })
+                    .then(function (argv) { return kvmha(argv, function (_chunk, all) { progressFrom(all) }, true) })
                     .then(done, fail)
                     .then(function (out) {
                         delete state.busy[g.name];
@@ -637,7 +651,7 @@
                    "hosts, then " + h.name + " is put in standby."), "Evacuate", function () {
             progress(null, "evacuating " + h.name);
             return actionArgv(["host", "evacuate", h.name])
-                    .then(function (argv) { return kvmha(argv, function (_c, all) { progressFrom(all) }) })
+                    .then(function (argv) { return kvmha(argv, function (_c, all) { progressFrom(all) }, true) })
                     .then(done, fail);
         });
     }
@@ -645,7 +659,7 @@
     function confirmReturn(h) {
         openDialog("Return " + h.name + "?", para(h.name + " leaves standby and runs guests again."), "Return",
                    function () {
-                       return actionArgv(["host", "return", h.name]).then(function (argv) { return kvmha(argv) })
+                       return actionArgv(["host", "return", h.name]).then(function (argv) { return kvmha(argv, null, true) })
                                .then(done, fail);
                    });
     }
@@ -656,7 +670,7 @@
             : "The cluster recovers and moves guests again.";
         openDialog(verb === "freeze" ? "Freeze the cluster?" : "Thaw the cluster?", para(text),
                    verb === "freeze" ? "Freeze" : "Thaw", function () {
-                       return actionArgv(["ha", verb]).then(function (argv) { return kvmha(argv) }).then(done, fail);
+                       return actionArgv(["ha", verb]).then(function (argv) { return kvmha(argv, null, true) }).then(done, fail);
                    });
     }
 
