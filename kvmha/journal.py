@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_SOCKET = "/dev/log"
 FIELD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 PRIORITY = {  # logging level -> syslog priority
     logging.CRITICAL: 2,
@@ -155,14 +156,16 @@ def configure(
     log: logging.Logger,
     identifier: str,
     use_syslog: bool = True,
-    journal_path: str = JOURNAL_SOCKET,
-    syslog_path: str = "/dev/log",
+    journal_path: Optional[str] = None,
+    syslog_path: Optional[str] = None,
 ) -> str:
     """Give `log` exactly one destination; returns which: journal, syslog or stderr.
 
     HA conventions: ``HA_LOGFACILITY`` (default daemon; ``none`` = no syslog or journal),
     ``HA_debug`` (1 = debug messages too).
     """
+    journal_path = journal_path or JOURNAL_SOCKET
+    syslog_path = syslog_path or SYSLOG_SOCKET
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)
