@@ -443,6 +443,8 @@ def _audit(cfg: Config, **fields: Any) -> None:
     from kvmha.fence.audit import Audit
 
     a = Audit(cfg.audit_log, cfg.host, cfg.syslog)
+    if a.sink == "stderr":  # the command's own output says it; the file keeps the record
+        a.log.handlers.clear()
     try:
         a.event(origin=_who(), **fields)
     finally:
