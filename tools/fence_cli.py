@@ -13,7 +13,8 @@ host, so every host of one cluster derives the same secret without copying a fil
 fingerprint in the CIB tells a host whose secret differs. Keys made here live in the CIB
 as metadata (no secret); every listener derives their secrets from the hosts' secret, and
 a host that was down gets every key and revocation with the CIB when it rejoins.
-Every command is idempotent; ``--json`` prints one object with ``"schema": 1``.
+Every command is idempotent; ``--json`` prints one document whose ``"schema"`` names its
+JSON Schema in docs/schemas/ (kvmha.fence-init.v1, kvmha.fence-key.v1, ...).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from kvmha.fence.keys import (
     write_private,
 )
 from kvmha.fence.listener import DEFAULT_CONFIG, Config, config_text, wrap_secret
+from kvmha.tools import output
+from kvmha.tools.output import json_option
 
-SCHEMA = 1
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
 COROSYNC_AUTHKEY = "/etc/corosync/authkey"
 DEFAULT_OVERLAP = "24h"
@@ -68,12 +70,11 @@ config_option = click.option(
     envvar="KVMHA_FENCE_CONFIG",
     help="The fence listener's configuration on this host.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (schema 1).")
 
 
-def emit(as_json: bool, data: dict[str, Any], text: Callable[[], None]) -> None:
+def emit(as_json: bool, schema: str, data: dict[str, Any], text: Callable[[], None]) -> None:
     if as_json:
-        click.echo(json.dumps({"schema": SCHEMA, **data}, indent=2, default=str))
+        output.emit(schema, data)
     else:
         text()
 
@@ -365,7 +366,7 @@ def init(
         click.echo(f"CIB: {cib}")
         click.echo("next: systemctl enable --now kvmha-fence-listener")
 
-    emit(as_json, data, text_out)
+    emit(as_json, "fence-init", data, text_out)
 
 
 @fence.group(name="key")
@@ -514,6 +515,7 @@ def key_create(
     if out is not None:
         write_private(out, guest_text)
     data = {
+        "action": "create",
         "key": name,
         "state": state,
         "wire_name": wire,
@@ -521,6 +523,7 @@ def key_create(
         "listeners": rows,
         "guest_key_file": str(out) if out else None,
     }
+    schema = "fence-key"
 
     def text_out() -> None:
         click.echo(f"key {wire} ({scope.describe()}): {state}")
@@ -530,7 +533,7 @@ def key_create(
             click.echo(f"wrote the guests' key to {out} (mode 0600)")
         _guest_help(cfg, guest_text, out)
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
     bad = [h for h, v in rows.items() if v == "refuses"]
     if bad:
         raise KvmhaError(
@@ -559,6 +562,7 @@ def key_list(as_json: bool, config_path: Path) -> None:
         rows.append(d)
     files = sorted({k for r in served.values() for k in r.get("keys", []) if ":" not in k})
     data = {"keys": rows, "file_keys": files, "listeners": served}
+    schema = "fence-key-list"
 
     def text_out() -> None:
         click.echo(f"{'KEY':20} {'STATE':8} {'GEN':>3} {'SCOPE':28} ACCEPTED BY")
@@ -576,7 +580,7 @@ def key_list(as_json: bool, config_path: Path) -> None:
             for path, why in r.get("problems", {}).items():
                 click.echo(f"{host}: refused {path}: {why}", err=True)
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
 
 
 @key.command(name="show")
@@ -594,6 +598,7 @@ def key_show(name: str, out: Optional[Path], as_json: bool, config_path: Path) -
     if out is not None:
         write_private(out, text)
     data = {"key": name, "meta": meta.as_dict(), "guest_key_text": None if out else text}
+    schema = "fence-key-show"
 
     def text_out() -> None:
         for k, v in meta.as_dict().items():
@@ -603,7 +608,7 @@ def key_show(name: str, out: Optional[Path], as_json: bool, config_path: Path) -
         else:
             _guest_help(cfg, text, None)
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
 
 
 @key.command(name="revoke")
@@ -629,14 +634,21 @@ def key_revoke(name: str, as_json: bool, config_path: Path) -> None:
         for h, v in _wait_served(cfg, host_key, wire_name(name, gen), False, REVOKE_WAIT).items():
             if rows.get(h) != "accepts":
                 rows[h] = v
-    data = {"key": name, "state": state, "meta": meta.as_dict(), "listeners": rows}
+    data = {
+        "action": "revoke",
+        "key": name,
+        "state": state,
+        "meta": meta.as_dict(),
+        "listeners": rows,
+    }
+    schema = "fence-key"
 
     def text_out() -> None:
         click.echo(f"key {name}: {state}")
         for h, v in rows.items():
             click.echo(f"  {h:10} {v}")
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
     bad = [h for h, v in rows.items() if v == "accepts"]
     if bad:
         raise KvmhaError(
@@ -697,7 +709,14 @@ def key_rotate(
     text = _guest_copy(cfg, host_key, meta, meta.generation)
     if out is not None:
         write_private(out, text)
-    data = {"key": name, "wire_name": wire, "meta": meta.as_dict(), "listeners": rows}
+    data = {
+        "action": "rotate",
+        "key": name,
+        "wire_name": wire,
+        "meta": meta.as_dict(),
+        "listeners": rows,
+    }
+    schema = "fence-key"
 
     def text_out() -> None:
         click.echo(
@@ -708,7 +727,7 @@ def key_rotate(
             click.echo(f"  {h:10} {v}")
         _guest_help(cfg, text, out)
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
 
 
 @key.command(name="sync")
@@ -758,6 +777,7 @@ def key_sync(as_json: bool, config_path: Path) -> None:
             "extra": sorted(have - want),
         }
     data = {"keys": sorted(want), "listeners": report, "pushed_file_keys": pushed}
+    schema = "fence-key-sync"
 
     def text_out() -> None:
         for h, r in report.items():
@@ -766,7 +786,7 @@ def key_sync(as_json: bool, config_path: Path) -> None:
         for h, names in pushed.items():
             click.echo(f"{h:10} pushed key file(s): {', '.join(names)}")
 
-    emit(as_json, data, text_out)
+    emit(as_json, schema, data, text_out)
     if any(r["state"] == "differs" for r in report.values()):
         raise KvmhaError(
             "some listeners do not accept exactly the cluster's keys",
@@ -829,7 +849,7 @@ def test(domain: str, key_file: Optional[Path], as_json: bool, config_path: Path
 
 def main() -> None:
     """Standalone entry (python3 -m kvmha.tools.fence_cli ...)."""
-    from kvmha.tools.cli import Group
+    from kvmha.tools.clibase import Group
 
     root = Group(name="kvmha", commands={"fence": fence})
     root(prog_name="kvmha")

@@ -106,7 +106,7 @@ def test_hosts_configured_by_the_guide_only(setup: Setup) -> None:
         assert f"host = {h}\n" in conf and "written by 'kvmha fence init'" in conf
         r = kvmha(lab, h, "fence", "init", "--json")  # idempotent: a rerun changes nothing
         data = json.loads(r.stdout)
-        assert data["schema"] == 1 and not data["config"]["changed"]
+        assert data["schema"] == "kvmha.fence-init.v1" and not data["config"]["changed"]
         assert data["cib"] == "matches"
         prints.add(data["hosts_key"]["fingerprint"])
     assert len(prints) == 1  # one hosts' secret, derived on every host from the authkey

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support.schema import validate
 
 from kvmha.fence import agent
 from kvmha.fence.keys import (
@@ -213,7 +214,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Lab
 
 def invoke(*args: str) -> tuple[int, str, str]:
     """`kvmha fence ARGS` as the CLI runs it: exit code, stdout, stderr."""
-    from kvmha.tools.cli import Group
+    from kvmha.tools.clibase import Group
 
     try:
         runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
@@ -231,6 +232,8 @@ def cli(conf: Path, *args: str) -> tuple[int, Any, str]:
         data = json.loads(out)
     except ValueError:
         data = None
+    if data is not None:
+        validate(data)  # every document against its published schema (docs/schemas)
     return rc, data, err
 
 
@@ -242,7 +245,8 @@ def test_create_is_served_everywhere_revoke_is_refused_everywhere(
     out = tmp_path / "guest.key"
     rc, data, err = cli(conf, "key", "create", "gc", "--domains", "guest1", "--out", str(out))
     assert rc == 0, err
-    assert data["schema"] == 1 and data["state"] == "created" and data["wire_name"] == "gc:1"
+    assert data["schema"] == "kvmha.fence-key.v1" and data["wire_name"] == "gc:1"
+    assert data["state"] == "created"
     assert set(data["listeners"].values()) == {"accepts"}
     assert "secret" not in cib.nv[CIB_KEY_PREFIX + "gc"]
     # idempotent: the same again changes nothing
@@ -337,7 +341,8 @@ def test_init_derives_the_same_secret_on_every_host_and_is_idempotent(
         rc, out, err = invoke(*argv)
         assert rc == 0, err
         data = json.loads(out)
-        assert data["schema"] == 1 and data["hosts_key"]["created"]
+        validate(data)
+        assert data["schema"] == "kvmha.fence-init.v1" and data["hosts_key"]["created"]
         assert data["peers"] == {"host1": "10.0.0.11:1230", "host2": "10.0.0.12:1230"}
         prints[host] = data["hosts_key"]["fingerprint"]
         assert oct(os.stat(conf.parent).st_mode & 0o777) == "0o750"
