@@ -507,12 +507,11 @@ class KeyStore:
 
 
 def pacemaker_cib() -> ET.Element:
-    """The local CIB's crm_config (the default CIB source of a listener)."""
+    """The local CIB's crm_config (the default CIB source of a listener), bounded: a
+    handshake must not wait on a hung CIB manager."""
     from kvmha import pcmk
 
-    cib = pcmk.query_cib()
-    cfg = cib.find("configuration/crm_config")
-    return cfg if cfg is not None else ET.Element("crm_config")
+    return pcmk.query_cib("crm_config", timeout=5.0)
 
 
 __all__ = [

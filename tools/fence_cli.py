@@ -322,11 +322,11 @@ def init(
             except KeyFileError as exc:
                 raise KvmhaError(str(exc), "pcs cluster authkey corosync") from exc
             source = str(authkey)
+    from kvmha.pcmk import ClusterNotRunning
+
     try:
         cib = _check_fingerprint(secret, publish=True)
-    except KvmhaError as exc:
-        if "cluster is not running" not in exc.message:
-            raise
+    except ClusterNotRunning:
         cib = "not checked (the cluster is not running here)"
     created = source != "existing"
     for d, mode in ((fence_dir, 0o750), (Path(cfg.keys_dir), 0o700)):
