@@ -20,19 +20,20 @@ the command itself failing (bad option), never for a finding: like ``kvmha net c
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import os
 import socket
 import stat
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol
 
+from kvmha import pcmk
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, run
+from kvmha.process import trace
 from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
@@ -70,11 +71,10 @@ class Finding:
 
 # ---- what a check may ask for ---------------------------------------------------------
 
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
-
-
-def default_runner(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return run(argv, timeout=timeout, check=False, env=clean_env())
+# The cluster tools (crm_mon, crm_attribute) run through kvmha.pcmk's runner, the one
+# place that runs them; a test gives a Context its own runner instead.
+Runner = pcmk.Runner
+default_runner: Runner = pcmk.subprocess_runner
 
 
 @dataclasses.dataclass
@@ -260,22 +260,28 @@ class Context:
 # ---- libvirt ---------------------------------------------------------------------------
 
 
-def probe_libvirt(uri: str) -> str:
-    """Open uri and describe what answered; raises KvmhaError."""
+def probe_libvirt(uri: str, timeout: float = 60.0) -> str:
+    """Open uri (through kvmha.virt) and describe what answered; raises KvmhaError, or
+    TimeoutError when libvirt does not open the connection in time."""
+    from kvmha import virt
+
+    trace(f"libvirt: open {uri}, getLibVersion(), numOfDomains()")
     try:
-        import libvirt
-    except ImportError as exc:
+        conn = virt.connect(uri, timeout)
+    except virt.LibvirtUnavailable as exc:
         raise KvmhaError("libvirt-python is not installed", "dnf install python3-libvirt") from exc
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
+    except virt.ConnectTimeout as exc:
+        raise TimeoutError(str(exc)) from exc
+    except Exception as exc:  # libvirt.libvirtError: the module is imported lazily
+        raise KvmhaError(f"cannot open {uri}: {virt.err_text(exc)}") from exc
     try:
-        conn = libvirt.open(uri)
-        try:
-            v = conn.getLibVersion()
-            n = conn.numOfDomains()
-        finally:
+        v = conn.getLibVersion()
+        n = conn.numOfDomains()
+    except Exception as exc:
+        raise KvmhaError(f"libvirt at {uri} failed: {virt.err_text(exc)}") from exc
+    finally:
+        with contextlib.suppress(Exception):
             conn.close()
-    except libvirt.libvirtError as exc:
-        raise KvmhaError(f"cannot open {uri}: {exc.get_error_message()}") from exc
     ver = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
     return f"libvirt {ver} at {uri} answers, {n} domain(s) running"
 

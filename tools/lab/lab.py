@@ -342,15 +342,25 @@ class Lab:
 
     @staticmethod
     def _prepare_fence_listeners(cfg: LabConfig) -> None:
-        """kvmha-fence-listener on every host: its configuration and the hosts' key."""
-        from kvmha.fence.agent import DEFAULT_PORT, Key
-        from kvmha.fence.listener import Config, write_host_setup
+        """kvmha-fence-listener on every host, set up by docs/install.md's own commands
+        (its ``kvmha-lab=host-init`` step), run on each host before its services start;
+        the host's init then starts the listener, as systemd would."""
+        from kvmha.tools.lab import guide
 
-        host_key = Key("@kvmhalab-hosts", secrets.token_bytes(32))
-        peers = {h: (cfg.host_address(h), DEFAULT_PORT) for h in cfg.host_names()}
         for host in cfg.host_names():
-            lcfg = Config(host=host, peers=peers, syslog=False)
-            write_host_setup(str(cfg.host_dir(host) / "etc/kvmha/fence"), lcfg, host_key)
+            for argv in guide.commands("host-init", {}):
+                r = run(
+                    guide.offline_host_argv(cfg.host_dir(host), host, argv),
+                    check=False,
+                    env=clean_env(),
+                    timeout=60,
+                )
+                if r.returncode != 0:
+                    raise KvmhaError(
+                        f"{host}: the install guide's {' '.join(argv)!r} failed: "
+                        + (r.stderr.strip().splitlines() or ["no output"])[-1],
+                        "see docs/install.md",
+                    )
 
     @staticmethod
     def _prepare_host(
