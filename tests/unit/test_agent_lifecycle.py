@@ -95,10 +95,12 @@ def test_start_is_transient_and_undefines_persistent_copy(agent: Agent) -> None:
         conn.lookupByName(agent.name)
 
 
-def test_paused_counts_as_running(agent: Agent) -> None:
+def test_paused_by_the_admin_is_running_degraded(agent: Agent) -> None:
     assert agent("start") == ocf.SUCCESS
     agent.conn().lookupByName(agent.name).suspend()
-    assert agent("monitor", **RECURRING) == ocf.SUCCESS
+    assert agent("monitor", **RECURRING) == ocf.DEGRADED
+    assert "paused (user)" in agent.reason()
+    assert agent("monitor", **PROBE) == ocf.DEGRADED
     assert agent("stop") == ocf.SUCCESS
 
 
@@ -115,8 +117,8 @@ def test_probe_with_unreadable_config_is_not_running(agent: Agent, tmp_path: Pat
     missing = str(tmp_path / "unmounted" / "vm.xml")
     assert agent("monitor", OCF_RESKEY_config=missing, **PROBE) == ocf.NOT_RUNNING
     assert agent("stop", OCF_RESKEY_config=missing) == ocf.SUCCESS
-    assert agent("monitor", OCF_RESKEY_config=missing, **RECURRING) == ocf.ERR_GENERIC
-    assert "not accessible" in agent.reason()
+    # nothing marked as this resource runs here: not running, also on a recurring monitor
+    assert agent("monitor", OCF_RESKEY_config=missing, **RECURRING) == ocf.NOT_RUNNING
     assert agent("start", OCF_RESKEY_config=missing) == ocf.ERR_INSTALLED
 
 
@@ -124,8 +126,9 @@ def test_unreadable_config_uses_remembered_name(agent: Agent) -> None:
     """A running guest whose config storage vanished is still found (and stopped)."""
     assert agent("start") == ocf.SUCCESS
     agent.config.rename(agent.config.with_suffix(".gone"))
-    assert agent("monitor", **PROBE) == ocf.SUCCESS
-    assert agent("monitor", **RECURRING) == ocf.ERR_GENERIC
+    assert agent("monitor", **PROBE) == ocf.DEGRADED
+    assert agent("monitor", **RECURRING) == ocf.DEGRADED
+    assert "not accessible" in agent.reason()
     assert agent("stop") == ocf.SUCCESS
     with pytest.raises(libvirt.libvirtError):
         agent.conn().lookupByName(agent.name)
