@@ -47,6 +47,7 @@ DEFAULT_TIMEOUTS = {
     "reload-agent": 10.0,
 }
 MIGRATE_FROM_GRACE = 5.0  # seconds for a migrated domain to show up on the target
+UTILIZATION = ("cpu", "hv_memory", "host_memory")
 RUNTIME_DIR = virt.QEMU_STATE_DIR  # libvirtd's status files of running QEMU domains
 POLL = 0.025  # state polling interval while waiting for a stop/start (s)
 SHUTDOWN_RESEND = 3.0  # re-send the graceful request this often (lost ACPI presses)
@@ -429,7 +430,12 @@ class Guest:
         self.run_monitor_scripts(dom_name)
         self.update_utilization(dom)
         if self.env.check_level >= 10:
-            self.health(dom, dom_name)
+            try:
+                self.health(dom, dom_name)
+            except AgentError as e:
+                if not self.in_start_grace():
+                    raise
+                degraded.insert(0, f"still starting (health_start_grace): {e.reason}")
         return self.degraded(degraded) if degraded else ocf.SUCCESS
 
     def degraded(self, reasons: List[str]) -> int:
@@ -471,53 +477,67 @@ class Guest:
                 )
 
     def update_utilization(self, dom: Any) -> None:
-        """Set cpu / hv_memory utilization only when they differ from what was last set
-        (remembered in the state file), so monitors do not run crm_resource."""
-        want_cpu = self.p.b("autoset_utilization_cpu")
-        want_mem = self.p.b("autoset_utilization_hv_memory")
-        rsc = self.env.instance.split(":", 1)[0]
-        if not (want_cpu or want_mem) or not rsc:
+        """Set cpu / hv_memory / host_memory utilization only when they differ from what
+        was last set (remembered in the state file), so monitors do not run crm_resource;
+        unset_utilization_* wins over autoset_utilization_*."""
+        rsc = self.resource
+        want = [
+            k
+            for k in UTILIZATION
+            if self.p.b(f"autoset_utilization_{k}") and not self.p.b(f"unset_utilization_{k}")
+        ]
+        if not want or not rsc:
             return
         info = self.connect().call("reading domain info", dom.info)
-        todo = []
-        if want_cpu:
-            todo.append(("cpu", str(info[3])))
-        if want_mem:
-            todo.append(("hv_memory", str(int(info[1]) // 1024)))
-        changed = [(k, v) for k, v in todo if self.state.get(f"util_{k}") != v]
+        values = {"cpu": str(info[3]), "hv_memory": str(int(info[1]) // 1024)}
+        values["host_memory"] = values["hv_memory"]
+        changed = [(k, values[k]) for k in want if self.state.get(f"util_{k}") != values[k]]
         if not changed:
             return
-        import subprocess
-
         for key, value in changed:
             self.wd.step = f"setting utilization {key}"
-            try:
-                res = subprocess.run(
-                    [
-                        "crm_resource",
-                        "--resource",
-                        rsc,
-                        "--utilization",
-                        "--set-parameter",
-                        key,
-                        "--parameter-value",
-                        value,
-                    ],
-                    capture_output=True,
-                    check=False,
-                    timeout=max(0.1, min(10.0, self.remaining() - 0.5)),
-                )
-                ok = res.returncode == 0
-                detail = res.stderr.decode("utf-8", "replace").strip()
-            except (OSError, subprocess.TimeoutExpired) as e:
-                ok, detail = False, str(e)
-            if ok:
+            problem = self.crm_utilization(rsc, key, value)
+            if problem is None:
                 self.log.info(f"utilization {key} of {rsc} set to {value}")
             else:
-                self.log.warning(f"could not set utilization {key}={value} of {rsc}: {detail}")
+                self.log.warning(f"could not set utilization {key}={value} of {rsc}: {problem}")
             # remembered either way: no retry on every monitor; start resets the memory
             self.state[f"util_{key}"] = value
         self.save_state()
+
+    def unset_utilization(self) -> None:
+        """unset_utilization_*: remove those utilization attributes (start, migrate_from)."""
+        rsc = self.resource
+        for key in UTILIZATION:
+            if rsc and self.p.b(f"unset_utilization_{key}"):
+                self.wd.step = f"removing utilization {key}"
+                problem = self.crm_utilization(rsc, key, None)
+                if problem is None:
+                    self.log.info(f"utilization {key} of {rsc} removed")
+                else:
+                    self.log.warning(f"could not remove utilization {key} of {rsc}: {problem}")
+
+    def crm_utilization(self, rsc: str, key: str, value: str | None) -> str | None:
+        """Set (or, with None, delete) one utilization attribute; why not, or None."""
+        import subprocess
+
+        argv = ["crm_resource", "--resource", rsc, "--utilization"]
+        if value is None:
+            argv += ["--delete-parameter", key]
+        else:
+            argv += ["--set-parameter", key, "--parameter-value", value]
+        try:
+            res = subprocess.run(
+                argv,
+                capture_output=True,
+                check=False,
+                timeout=max(0.1, min(10.0, self.remaining() - 0.5)),
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        if res.returncode == 0:
+            return None
+        return res.stderr.decode("utf-8", "replace").strip() or f"exit {res.returncode}"
 
     def health(self, dom: Any, name: str) -> None:
         from . import health
@@ -568,9 +588,7 @@ class Guest:
                 )
 
     def start(self) -> int:
-        hv = hypervisor_problem(self.uri)
-        if hv:
-            raise AgentError(ocf.ERR_CONFIGURED, hv)
+        self.refuse_unsupported()
         problem = self.config_problem()
         if problem:
             raise AgentError(ocf.ERR_INSTALLED, problem)
@@ -599,8 +617,8 @@ class Guest:
         self.double_start_guard(name)
         if self.p.b("start_resources"):
             self.start_resources(conn, root)
-        self.state.pop("util_cpu", None)
-        self.state.pop("util_hv_memory", None)
+        for key in UTILIZATION:
+            self.state.pop(f"util_{key}", None)
         dom = self.create(conn, name, xml, root)
         t0 = time.monotonic()
         while conn.state(dom)[0] == SHUTOFF:
@@ -704,17 +722,31 @@ class Guest:
         and its health checks pass (retried until the deadline: a guest that has just been
         created is still booting, and a deep monitor right after start must not fail on
         that), then utilization."""
+        grace = self.p.i("health_start_grace")
+        self.state["started"] = str(int(time.time()))
+        self.save_state()
         while True:
             try:
                 self.run_monitor_scripts(name)
-                self.health(dom, name)
+                if not grace:
+                    self.health(dom, name)
                 break
             except AgentError as e:
                 if self.remaining() < 1.5:
                     raise AgentError(ocf.ERR_GENERIC, f"{name} runs but {e.reason}") from None
                 time.sleep(0.5)
+        self.unset_utilization()
         self.update_utilization(dom)
         return ocf.SUCCESS
+
+    def in_start_grace(self) -> bool:
+        """True within health_start_grace seconds of this host's last start of the guest."""
+        grace = self.p.i("health_start_grace")
+        try:
+            started = int(self.state.get("started", "0"))
+        except ValueError:
+            return False
+        return bool(grace) and 0 <= time.time() - started < grace
 
     def start_resources(self, conn: Connection, root: Any) -> None:
         lv = conn.lv
@@ -984,7 +1016,32 @@ class Guest:
             raise AgentError(ocf.ERR_GENERIC, f"migrate_to: {name} is not active here")
         if self.p.b("save_config_on_stop") and not problem:
             self.save_config(conn, dom, name)
+        if self.p.b("start_resources") and not problem:
+            self.start_resources_on(target)
         return migrate_to(conn, dom, name, target, self.p, self.log)
+
+    def start_resources_on(self, target: str) -> None:
+        """start_resources on the migration target, before the guest moves there (as
+        VirtualDomain does against the remote URI)."""
+        import contextlib
+
+        from .migration import remote_uri
+
+        root = self.read_config()[2]
+        uri = remote_uri(self.p, target)
+        try:
+            remote = Connection(self.connect().lv, uri, self.wd)
+        except Exception as e:
+            raise AgentError(
+                ocf.ERR_GENERIC,
+                f"start_resources: cannot reach migration target {target} ({uri}): "
+                f"{err_text(e)}",
+            ) from None
+        try:
+            self.start_resources(remote, root)
+        finally:
+            with contextlib.suppress(Exception):
+                remote.conn.close()
 
     def migrate_from(self) -> int:
         problem = self.config_problem()
@@ -1020,15 +1077,28 @@ class Guest:
         self.ensure_mark(conn, dom)
         if self.p.b("save_config_on_stop"):
             self.save_config(conn, dom, name)
-        self.state.pop("util_cpu", None)
-        self.state.pop("util_hv_memory", None)
+        for key in UTILIZATION:
+            self.state.pop(f"util_{key}", None)
         return self.finish_start(dom, name)
 
     # ------------------------------------------------------------------ validate / reload
-    def validate(self) -> int:
+    def refuse_unsupported(self) -> None:
+        """validate-all and start refuse what they cannot honour (never accept and ignore:
+        a 'stateless' guest that silently kept its state would be data kept unasked)."""
         hv = hypervisor_problem(self.uri)
         if hv:
             raise AgentError(ocf.ERR_CONFIGURED, hv)
+        for name in gp.UNSUPPORTED_VIRTUALDOMAIN:
+            value = (self.env.param(name) or "").strip()
+            if value and ocf.parse_bool(value) is not False:
+                raise AgentError(
+                    ocf.ERR_CONFIGURED,
+                    f"parameter {name} (of ocf:heartbeat:VirtualDomain) is not supported by "
+                    "ocf:kvmha:Guest: remove it, or keep the guest under VirtualDomain",
+                )
+
+    def validate(self) -> int:
+        self.refuse_unsupported()
         problem = self.config_problem()
         if problem:
             raise AgentError(ocf.ERR_INSTALLED, problem)

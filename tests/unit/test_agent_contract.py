@@ -54,6 +54,7 @@ class Agent:
             "OCF_RESKEY_peer_uris": "none",
             "OCF_RESKEY_autoset_utilization_cpu": "false",
             "OCF_RESKEY_autoset_utilization_hv_memory": "false",
+            "OCF_RESKEY_autoset_utilization_host_memory": "false",
             "OCF_RESKEY_CRM_meta_timeout": "60000",
         }
 
