@@ -1006,8 +1006,7 @@ class Guest:
                 ocf.ERR_CONFIGURED,
                 "migrate_to needs OCF_RESKEY_CRM_meta_migrate_target (is allow-migrate set?)",
             )
-        problem = self.config_problem()
-        name = self.cached_name() if problem else self.domain_name()
+        name, problem = self.known_name()
         if name is None:
             raise AgentError(ocf.ERR_INSTALLED, f"{problem}")
         conn = self.connect()
@@ -1168,16 +1167,12 @@ def run(
     if errors:
         for e in errors[1:]:
             log.error(e)
-        if tolerant and params.s("config") and not driver_problem:
+        if tolerant and (not driver_problem or action != "stop"):
             # Never 6 from a probe, monitor or reload-agent (Pacemaker would stop the
             # guest everywhere), and never fail a stop over a value it does not need:
-            # defaults are used; a monitor reports 190 with the reason while it runs.
+            # defaults are used (a missing config: the guest is found by its mark); a
+            # monitor reports 190 with the reason while the guest runs.
             log.warning(f"{action} with invalid parameters ({'; '.join(errors)})")
-        elif tolerant and action != "stop":
-            log.error(f"{action}: {errors[0]}")
-            if action == "reload-agent":
-                ocf.exit_reason(errors[0], env.environ)
-                return ocf.SUCCESS
         else:
             raise AgentError(ocf.ERR_CONFIGURED, errors[0])
     guest = Guest(action, env, params, log, hard_exit=hard_exit)

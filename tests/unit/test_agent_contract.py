@@ -570,3 +570,27 @@ def test_write_config_refuses_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         guest.write_config(str(mount / "vm.xml"), "<domain/>")
     assert list(mount.iterdir()) == []
+
+
+def test_stop_without_the_config_parameter_stops_the_marked_guest(agent: Agent) -> None:
+    assert agent("start") == ocf.SUCCESS
+    agent.forget()
+    env = dict(agent.env)
+    del env["OCF_RESKEY_config"]
+    assert guest.main(["Guest", "stop"], env) == ocf.SUCCESS
+    assert not _exists(agent)
+
+
+def test_migrate_to_with_a_half_written_config_uses_the_remembered_name(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmha.agents import migration
+
+    seen: list[str] = []
+    monkeypatch.setattr(
+        migration, "migrate_to", lambda conn, dom, name, target, p, log: seen.append(name) or 0
+    )
+    assert agent("start") == ocf.SUCCESS
+    agent.config.write_text("<domain><name>half")
+    assert agent("migrate_to", OCF_RESKEY_CRM_meta_migrate_target="h2") == ocf.SUCCESS
+    assert seen == [agent.name]
