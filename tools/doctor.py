@@ -1,10 +1,12 @@
 """``kvmha doctor``: is this host fit to run highly available guests? Each finding has a fix.
 
+Lives with the tools (the CLI is its only user): an admin's diagnostic, not shared plumbing.
+
 The checks are a declarative table (``CHECKS``): a name (for ``--skip``/``--only``), a
 title (for progress) and a function from a ``Context`` to findings. A finding is
 ``{severity: ok|warning|error, code, message, fix}``; ``code`` is stable, for scripts.
 Services are described by a table too (``SERVICES``, ``TIME_SYNC``): their systemd units
-and how to recognise their processes where systemd is not the init (see kvmha.systemd).
+and how to recognise their processes where systemd is not the init (see kvmha.tools.systemd).
 
 Where the facts come from: libvirt-python (``qemu:///system``, opened in a thread with a
 deadline), systemd over D-Bus or /proc, ``crm_mon --output-as=xml --inactive`` (stonith,
@@ -22,16 +24,15 @@ import dataclasses
 import os
 import socket
 import stat
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol
 
+from kvmha import pcmk
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, run
-from kvmha.systemd import (
+from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
     SystemdBus,
@@ -68,11 +69,10 @@ class Finding:
 
 # ---- what a check may ask for ---------------------------------------------------------
 
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
-
-
-def default_runner(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return run(argv, timeout=timeout, check=False, env=clean_env())
+# The cluster tools (crm_mon, crm_attribute) run through kvmha.pcmk's runner, the one
+# place that runs them; a test gives a Context its own runner instead.
+Runner = pcmk.Runner
+default_runner: Runner = pcmk.subprocess_runner
 
 
 @dataclasses.dataclass
@@ -600,7 +600,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                "quorum-no-dc",
+                "quorum-no-controller",
                 f"the cluster has no designated controller ({seen}): nothing is managed",
                 "corosync-cfgtool -s and corosync-quorumtool -s show which hosts this one "
                 "sees; check the cluster network",
@@ -617,7 +617,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
                 "(corosync-quorumtool -s)",
             )
         ]
-    return [Finding(OK, "quorum", f"quorate, DC {dc.get('name', '?')}, {seen}")]
+    return [Finding(OK, "quorum", f"quorate, designated controller {dc.get('name', '?')}, {seen}")]
 
 
 # ---- key files ---------------------------------------------------------------------------
@@ -876,6 +876,7 @@ def report(
     t0 = time.monotonic()
     findings = run_checks(ctx, checks, progress)
     return {
+        "schema": "kvmha.doctor.v1",
         "host": socket.gethostname(),
         "services_from": ctx.services_kind,
         "findings": [f.to_dict() for f in findings],
