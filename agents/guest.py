@@ -519,25 +519,13 @@ class Guest:
 
     def crm_utilization(self, rsc: str, key: str, value: str | None) -> str | None:
         """Set (or, with None, delete) one utilization attribute; why not, or None."""
-        import subprocess
+        from kvmha import pcmk  # lazy: only when a value changes, never in a plain monitor
 
-        argv = ["crm_resource", "--resource", rsc, "--utilization"]
-        if value is None:
-            argv += ["--delete-parameter", key]
-        else:
-            argv += ["--set-parameter", key, "--parameter-value", value]
         try:
-            res = subprocess.run(
-                argv,
-                capture_output=True,
-                check=False,
-                timeout=max(0.1, min(10.0, self.remaining() - 0.5)),
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
+            pcmk.set_utilization(rsc, key, value, max(0.1, min(10.0, self.remaining() - 0.5)))
+        except Exception as e:  # KvmhaError (failed, timed out, no cluster), OSError
             return str(e)
-        if res.returncode == 0:
-            return None
-        return res.stderr.decode("utf-8", "replace").strip() or f"exit {res.returncode}"
+        return None
 
     def health(self, dom: Any, name: str) -> None:
         from . import health

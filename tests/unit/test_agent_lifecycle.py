@@ -352,10 +352,18 @@ def test_migrate_from_waits_for_the_domain(agent: Agent) -> None:
 
 def test_guard_asks_only_member_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lost (dead, being fenced) host is not asked: it would only cost a timeout."""
+    from kvmha import pcmk
     from kvmha.agents import peers
 
     out = "1 host1 member\n2 host2 lost\n3 host3 member\n"
-    monkeypatch.setattr(peers, "_crm_node", lambda args, timeout: out)
-    assert peers.cluster_nodes(1.0) == ["host1", "host3"]
-    monkeypatch.setattr(peers, "_crm_node", lambda args, timeout: None)
-    assert peers.cluster_nodes(1.0) is None
+    calls: list[list[str]] = []
+
+    def runner(argv: Any, timeout: float) -> pcmk.Result:
+        calls.append(list(argv))
+        return pcmk.Result(0, out)
+
+    with pcmk.use_runner(runner):
+        assert peers.cluster_nodes(1.0) == ["host1", "host3"]
+    assert calls == [["crm_node", "-l"]]
+    with pcmk.use_runner(lambda argv, timeout: pcmk.Result(102, "", "not connected")):
+        assert peers.cluster_nodes(1.0) is None
