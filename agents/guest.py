@@ -1146,7 +1146,14 @@ def run(
     if action not in DEFAULT_TIMEOUTS:
         sys.stderr.write(USAGE + "\n")
         return ocf.ERR_UNIMPLEMENTED
-    log = Logger(f"Guest({env.instance or 'kvmha'})", env.environ)
+    log = Logger(f"Guest({env.instance or 'kvmha'})", env.environ, action)
+    if log.trace_path:
+        log.debug(
+            f"trace of {action} (OCF_TRACE_RA): environment "
+            + " ".join(
+                f"{k}={v}" for k, v in sorted(env.environ.items()) if k.startswith(("OCF_", "HA_"))
+            )
+        )
     params, errors = gp.parse(env)
     driver_problem = _check_driver(params.s("hypervisor")) if params.s("hypervisor") else None
     if driver_problem:

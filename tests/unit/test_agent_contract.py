@@ -594,3 +594,21 @@ def test_migrate_to_with_a_half_written_config_uses_the_remembered_name(
     agent.config.write_text("<domain><name>half")
     assert agent("migrate_to", OCF_RESKEY_CRM_meta_migrate_target="h2") == ocf.SUCCESS
     assert seen == [agent.name]
+
+
+# ------------------------------------------------------------------ logging conventions
+def test_ha_logtag_and_trace_ra_of_one_operation(agent: Agent, tmp_path: Path) -> None:
+    varlib = tmp_path / "varlib"
+    assert agent("start", HA_LOGTAG="mytag") == ocf.SUCCESS
+    assert "mytag[" in agent.logged()
+    env = {"OCF_RESKEY_trace_ra": "1", "HA_VARLIB": str(varlib), "OCF_RESOURCE_TYPE": "Guest"}
+    assert agent("monitor", **RECURRING, **env) == ocf.SUCCESS
+    traces = list((varlib / "trace_ra" / "Guest").glob(f"{agent.rsc}.monitor.*"))
+    assert len(traces) == 1
+    text = traces[0].read_text()
+    assert "DEBUG: trace of monitor" in text and "OCF_RESKEY_config=" in text
+    explicit = tmp_path / "one.trace"
+    assert agent("stop", OCF_TRACE_RA="1", OCF_TRACE_FILE=str(explicit)) == ocf.SUCCESS
+    assert "trace of stop" in explicit.read_text()
+    # without tracing, no debug lines
+    assert "DEBUG" not in agent.logged()
