@@ -42,6 +42,10 @@ class Backend(Protocol):
 
     def start(self, plug: str, timeout: float) -> Info: ...
 
+    def freeze(self, plug: str) -> Optional[float]: ...
+
+    def thaw(self, plug: str) -> None: ...
+
 
 def looks_like_uuid(plug: str) -> bool:
     return bool(UUID_RE.match(plug))
@@ -191,3 +195,29 @@ class LibvirtBackend:
         except self.libvirt.libvirtError as exc:
             raise BackendError(f"cannot start {plug}: {exc}") from exc
         return {"state": "on", "already": False}
+
+    def freeze(self, plug: str) -> Optional[float]:
+        """Pause a running domain (its vCPUs stop: it can write nothing more); the seconds
+        it took, or None when it was not running (not paused by this call)."""
+        t0 = time.monotonic()
+        dom = self._lookup(plug)
+        if dom is None:
+            return None
+        try:
+            if dom.state()[0] != self.libvirt.VIR_DOMAIN_RUNNING:
+                return None
+            dom.suspend()
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"cannot pause {plug}: {exc}") from exc
+        return time.monotonic() - t0
+
+    def thaw(self, plug: str) -> None:
+        """Resume a domain freeze() paused (a refused off must not leave it paused)."""
+        dom = self._lookup(plug)
+        if dom is None:
+            return
+        try:
+            if dom.state()[0] == self.libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"cannot resume {plug}: {exc}") from exc

@@ -1,7 +1,7 @@
 """Fakes for the fence listener tests: a world of hosts and domains, a host cluster, and
 a set of real listeners on loopback (real sockets, real protocol, fake libvirt).
 
-Imported by the other test_fence_* modules; it holds no tests itself.
+Shared by tests/unit/test_fence_* (and the model-based tests); it holds no tests itself.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class World:
         self.doms: list[Dom] = []
         self.down: set[str] = set()  # hosts whose libvirt fails
         self.offs: list[tuple[str, str]] = []  # (host, name) in order
+        self.frozen: list[tuple[str, str]] = []
+        self.thawed: list[tuple[str, str]] = []
 
     def add(self, name: str, host: str, uuid: str = "", **kw: Any) -> Dom:
         d = Dom(
@@ -112,15 +114,44 @@ class FakeBackend:
             d.active = True
             return {"state": "on", "already": already}
 
+    def freeze(self, plug: str) -> Optional[float]:
+        self._check()
+        with self.world.lock:
+            d = self.world.find(self.host, plug)
+            if d is None or not d.active or d.paused:
+                return None
+            d.paused = True
+            self.world.frozen.append((self.host, d.name))
+            return 0.001
+
+    def thaw(self, plug: str) -> None:
+        self._check()
+        with self.world.lock:
+            d = self.world.find(self.host, plug)
+            if d is not None and d.active and d.paused:
+                d.paused = False
+                self.world.thawed.append((self.host, d.name))
+
 
 class FakeCluster:
     def __init__(self, world: World, hosts: list[str]) -> None:
         self.world = world
-        self.hosts = hosts
+        self.host_names = hosts
         self.managed: dict[str, ManagedGuest] = {}
         self.roles: list[tuple[str, str]] = []
         self.offline: set[str] = set()
-        self.fenced: set[str] = set()
+        self.unclean: set[str] = set()
+        self.fenced: set[str] = set()  # fenced just now (see fence())
+        self.fenced_at: dict[str, float] = {}
+        self.extra_hosts: dict[str, str] = {}  # nodes the cluster knows beyond the listeners
+
+    def fence(self, host: str, at: Optional[float] = None) -> None:
+        """The host cluster fenced host (at: Unix time, default now + 2 s, safely after
+        anything seen so far): it is offline and clean."""
+        self.offline.add(host)
+        self.unclean.discard(host)
+        self.fenced.add(host)
+        self.fenced_at[host] = float(int(time.time() + 2 if at is None else at))
 
     def manage(
         self, name: str, tags: frozenset[str] = frozenset(), dc: Optional[str] = None
@@ -132,20 +163,26 @@ class FakeCluster:
         return dict(self.managed)
 
     def status(self) -> Optional[Status]:
-        nodes = {h: NodeInfo(h not in self.offline, False) for h in self.hosts}
+        nodes = {
+            h: NodeInfo(h not in self.offline, h in self.unclean)
+            for h in [*self.host_names, *self.extra_hosts]
+        }
         placement: dict[str, tuple[str, ...]] = {}
         with self.world.lock:
             for d in self.world.doms:
                 if d.active and d.name in self.managed:
                     placement[d.name] = (d.host,)
-        return Status(nodes, placement, frozenset(self.fenced))
+        return Status(nodes, placement, frozenset(self.fenced), dict(self.fenced_at))
+
+    def hosts(self) -> dict[str, str]:
+        return {**{h: "" for h in self.host_names}, **self.extra_hosts}
 
     def set_target_role(self, rid: str, role: str) -> None:
         self.roles.append((rid, role))
         if role == "Started":
             with self.world.lock:
                 if not any(d.name == rid and d.active for d in self.world.doms):
-                    host = next(h for h in self.hosts if h not in self.offline)
+                    host = next(h for h in self.host_names if h not in self.offline)
                     self.world.doms.append(Dom(rid, self.managed[rid].uuid, host))
 
 
