@@ -912,13 +912,18 @@ class Listener:
         if self.cluster is None:
             return None
         found = find_guest(self.cluster, f.plug, f.plug if f.by_uuid else "")
-        if found is not None:
+        if found is not None and not (
+            f.by_uuid and found.uuid and rule.norm_uuid(found.uuid) != rule.norm_uuid(f.plug)
+        ):
             return found
         for cs in f.answered.values():
             for c in cs:
                 if f.matches(c.name, c.uuid):
                     g = find_guest(self.cluster, c.name, c.uuid)
-                    if g is not None:
+                    # a guest of the same name but another UUID is another domain
+                    if g is not None and (
+                        not g.uuid or rule.norm_uuid(g.uuid) == rule.norm_uuid(c.uuid)
+                    ):
                         return g
         return None
 
@@ -1080,8 +1085,10 @@ class Listener:
                 "; ".join(f"{h}: {why}" for h, why in sorted(failed.items())),
                 hosts=sorted(failed),
             )
-        status = self._managed_stopped(managed, deadline) if managed is not None else f.status
-        answer = rule.judge(f, ident, managed, {}, status)
+        answer = rule.judge(f, ident, managed, {}, f.status)
+        if answer.get("code") == "managed-active" and managed is not None:
+            # all else holds: give the host cluster the time left to see the guest stop
+            answer = rule.judge(f, ident, managed, {}, self._managed_stopped(managed, deadline))
         if answer.get("status") == "ok":
             answer.update(hosts=sorted(powered), frozen_s=frozen)
             if not powered:

@@ -170,8 +170,9 @@ class FakeCluster:
         placement: dict[str, tuple[str, ...]] = {}
         with self.world.lock:
             for d in self.world.doms:
-                if d.active and d.name in self.managed:
-                    placement[d.name] = (d.host,)
+                g = self.managed.get(d.name)
+                if d.active and g is not None and (not g.uuid or g.uuid == d.uuid):
+                    placement[d.name] = (*placement.get(d.name, ()), d.host)
         return Status(nodes, placement, frozenset(self.fenced), dict(self.fenced_at))
 
     def hosts(self) -> dict[str, str]:
