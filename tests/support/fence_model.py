@@ -15,12 +15,11 @@ import threading
 import time
 from typing import Any, Optional
 
-from support.fence_lab import FakeBackend, FakeCluster, World
-
 from kvmha.fence import agent as proto
 from kvmha.fence.audit import Audit
 from kvmha.fence.keys import Key, Scope
 from kvmha.fence.listener import ALL, Config, Ctx, Listener
+from support.fence_lab import FakeBackend, FakeCluster, World
 
 Json = dict[str, Any]
 HOSTS_KEY = Key("@hosts", b"m" * 32)
