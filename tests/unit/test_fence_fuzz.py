@@ -36,7 +36,8 @@ def fuzz(n: int) -> settings:
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
-        derandomize=True,
+        derandomize=False,  # new inputs every run; a failure prints its reproduction blob
+        print_blob=True,
     )
 
 
