@@ -59,8 +59,10 @@ from kvmha.fence.keys import (
     Scope,
     Target,
     load_host_key,
+    pacemaker_cib,
 )
 from kvmha.fence.virt import Backend, BackendError, Info
+from kvmha.journal import sd_notify
 
 DEFAULT_CONFIG = "/etc/kvmha/fence/listener.conf"
 GUEST_ACTIONS = ("on", "off", "reboot", "status", "list", "monitor")
@@ -378,7 +380,12 @@ class Listener:
         self.host_key = host_key or load_host_key(cfg.host_key)
         self.my_secret = host_secret(self.host_key.secret, cfg.host)
         self.my_key = Key(f"{self.host_key.name}:{cfg.host}", self.my_secret)
-        self.keys = KeyStore(cfg.keys_dir, audit.warning)
+        self.keys = KeyStore(  # file keys, and the CIB's keys (install: kvmha fence key)
+            cfg.keys_dir,
+            audit.warning,
+            self.host_key.secret,
+            pacemaker_cib if cluster is not None else None,
+        )
         self.keys.reload(force=True)
         self.started = time.time()
         self._lock = threading.Lock()
@@ -1270,6 +1277,7 @@ class Listener:
         threading.Thread(target=self.survey_loop, daemon=True).start()
         if ready:
             ready(port)
+        sd_notify("READY=1", f"STATUS=listening on {self.cfg.listen}:{port}")  # Type=notify
         try:
             self._server.serve_forever(poll_interval=0.5)
         finally:
