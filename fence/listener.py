@@ -388,6 +388,7 @@ class Listener:
         )
         self.keys.reload(force=True)
         self.started = time.time()
+        self._addr_cache: tuple[float, frozenset[str]] = (-1e9, frozenset())
         self._lock = threading.Lock()
         self._onoff = threading.RLock()  # off requests vs a reboot's power-on
         self._active = 0
@@ -532,9 +533,16 @@ class Listener:
         return hosts
 
     def _host_addresses(self) -> set[str]:
-        return {
-            a[0] for h, a in self.member_hosts().items() if a is not None and h != self.cfg.host
-        }
+        """The other hosts' listener addresses (cached 5 s: every connection asks)."""
+        now = time.monotonic()
+        at, addrs = self._addr_cache
+        if now - at >= 5.0:
+            hosts = self.member_hosts()
+            addrs = frozenset(
+                a[0] for h, a in hosts.items() if a is not None and h != self.cfg.host
+            )
+            self._addr_cache = (now, addrs)
+        return set(addrs)
 
     # ---- admission -----------------------------------------------------------
     def _admit(self, peer: str, is_peer_address: bool) -> Optional[str]:
