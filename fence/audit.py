@@ -81,3 +81,51 @@ class Audit:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class RefusalLog:
+    """Refusals into the audit log, aggregated and rate-limited per source address.
+
+    The first ``burst`` refusals from one address in a ``window`` are logged one by one;
+    beyond that they are only counted, and one "suppressed" record per address and window
+    says how many, with their problem codes -- a flood cannot fill the disk, and the log
+    still shows it happened.
+    """
+
+    def __init__(self, audit: Audit, burst: int = 20, window: float = 10.0) -> None:
+        self.audit = audit
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._counts: dict[str, int] = {}
+        self._suppressed: dict[str, dict[str, int]] = {}
+
+    def add(self, peer: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.window:
+            self.flush(now)
+        with self._lock:
+            n = self._counts.get(peer, 0) + 1
+            self._counts[peer] = n
+            if n > self.burst:
+                codes = self._suppressed.setdefault(peer, {})
+                code = str(fields.get("code"))
+                codes[code] = codes.get(code, 0) + 1
+                return
+        self.audit.event(peer=peer, result="refused", **fields)
+
+    def flush(self, now: Optional[float] = None) -> None:
+        with self._lock:
+            suppressed, self._suppressed = self._suppressed, {}
+            self._counts = {}
+            self._start = time.monotonic() if now is None else now
+        for peer, codes in sorted(suppressed.items()):
+            self.audit.event(
+                peer=peer,
+                result="refused",
+                code="suppressed",
+                count=sum(codes.values()),
+                codes=codes,
+                detail=f"{sum(codes.values())} more refusals from {peer} in {self.window:.0f} s",
+            )
