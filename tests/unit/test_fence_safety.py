@@ -8,6 +8,7 @@ import hmac
 import socket
 import struct
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -319,6 +320,34 @@ def test_libvirt_backend_off_never_confirms_a_running_domain(fake_libvirt: Any) 
     b._lookup = lambda plug: None  # type: ignore[method-assign]
     assert b.off("vm", 1) == {"state": "off", "already": True}
     del gone
+
+
+class JobLockedDom(FakeDom):
+    """A hung guest whose stop job holds libvirt's job lock: suspend() waits for the lock
+    (libvirt's own wait is 30 s), destroy() kills QEMU first, as libvirt does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def suspend(self) -> None:
+        self.calls.append("suspend")
+        self.release.wait(30)
+
+
+def test_libvirt_backend_off_destroys_when_the_pause_waits_for_a_job(fake_libvirt: Any) -> None:
+    from kvmha.fence.virt import LibvirtBackend
+
+    b = LibvirtBackend("test:///")
+    dom = JobLockedDom()
+    b._lookup = lambda plug: dom  # type: ignore[method-assign]
+    try:
+        res = b.off("vm", 5)
+    finally:
+        dom.release.set()
+    assert res["state"] == "off" and not res["already"]
+    assert res["frozen_s"] is None  # it was never paused: reported as such, not as frozen
+    assert "destroy" in dom.calls and not dom.running
 
 
 def test_libvirt_backend_freeze_and_thaw(fake_libvirt: Any) -> None:
