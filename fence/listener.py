@@ -64,8 +64,10 @@ from kvmha.fence.keys import (
     Scope,
     Target,
     load_host_key,
+    pacemaker_cib,
 )
 from kvmha.fence.virt import Backend, BackendError, Info
+from kvmha.journal import sd_notify
 
 DEFAULT_CONFIG = "/etc/kvmha/fence/listener.conf"
 GUEST_ACTIONS = ("on", "off", "reboot", "status", "list", "monitor")
@@ -382,7 +384,12 @@ class Listener:
         self.cluster = cluster
         self.audit = audit
         self.host_key = host_key or load_host_key(cfg.host_key)
-        self.keys = KeyStore(cfg.keys_dir, audit.warning)
+        self.keys = KeyStore(  # file keys, and the CIB's keys (install: kvmha fence key)
+            cfg.keys_dir,
+            audit.warning,
+            self.host_key.secret,
+            pacemaker_cib if cluster is not None else None,
+        )
         self.keys.reload(force=True)
         self._lock = threading.Lock()
         self._active = 0
@@ -1008,6 +1015,7 @@ class Listener:
         threading.Thread(target=self.survey_loop, daemon=True).start()
         if ready:
             ready(port)
+        sd_notify("READY=1", f"STATUS=listening on {self.cfg.listen}:{port}")  # Type=notify
         try:
             self._server.serve_forever(poll_interval=0.5)
         finally:

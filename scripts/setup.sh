@@ -19,6 +19,7 @@ PACKAGES=(
   busybox-static cpio iproute2 util-linux procps libxml2-utils
   rpm rpmlint make python3-build python3-wheel python3-matplotlib
   fence-virt fence-virtd
+  mmdebstrap qemu-utils
   python3 python3-venv python3-pip python3-setuptools
   python3-libvirt python3-pyroute2 python3-dbus python3-click dbus-daemon python3-gi
   cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium
