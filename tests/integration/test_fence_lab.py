@@ -14,6 +14,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from kvmha.fence.keys import GENERATION_SEP
 from kvmha.process import clean_env, run
 from kvmha.tools.lab.guestcluster import GuestCluster
 from kvmha.tools.lab.lab import Lab
@@ -53,6 +54,11 @@ def audit(lab: Lab) -> list[dict[str, Any]]:
         if f.exists():
             out += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
     return out
+
+
+def key_name(record: dict[str, Any]) -> str:
+    """The key's name in an audit record (its wire name is NAME:GENERATION)."""
+    return str(record.get("key", "")).split(GENERATION_SEP)[0]
 
 
 def settle(lab: Lab, gc: GuestCluster) -> None:
@@ -258,7 +264,8 @@ def test_scope_and_wrong_key_are_refused_and_logged(setup: Setup) -> None:
     r = gc.run_in("guest2", ["fence_kvmha", "-o", "list", "-k", "/tmp/only1.key", "-a", addrs])
     assert [x.split(",")[0] for x in r.stdout.split()] == ["guest1"]
     assert instances(lab, "guest2") == before
-    denied = [e for e in audit(lab) if e.get("key") == "only1" and e["result"] == "denied"]
+    # keys go by NAME:GENERATION on the wire (docs/fence.md), and so in the audit log
+    denied = [e for e in audit(lab) if key_name(e) == "only1" and e["result"] == "denied"]
     assert {e["action"] for e in denied} == {"status", "off", "reboot"}
     # a wrong secret under a known name
     bad = key.replace(key.split("secret=")[1][:8], "00000000")
@@ -273,7 +280,7 @@ def test_scope_and_wrong_key_are_refused_and_logged(setup: Setup) -> None:
         check=False,
     )
     assert r.returncode == 1 and "authentication failed" in r.stderr
-    refused = [e for e in audit(lab) if e.get("key") == "only1" and e["result"] == "refused"]
+    refused = [e for e in audit(lab) if key_name(e) == "only1" and e["result"] == "refused"]
     assert len(refused) >= 3  # one per listener tried
     assert len(instances(lab, "guest1")) == 1
 
