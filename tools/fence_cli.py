@@ -72,6 +72,15 @@ config_option = click.option(
 )
 
 
+def fail_after_report(as_json: bool, message: str, fix: str) -> None:
+    """A failure after the report was printed: under --json stdout keeps its one document
+    (the error goes to stderr only, the exit code says it), otherwise the usual error."""
+    if not as_json:
+        raise KvmhaError(message, fix)
+    output.print_error(message, fix, 1, False)
+    click.get_current_context().exit(1)
+
+
 def emit(as_json: bool, schema: str, data: dict[str, Any], text: Callable[[], None]) -> None:
     if as_json:
         output.emit(schema, data)
@@ -536,7 +545,8 @@ def key_create(
     emit(as_json, schema, data, text_out)
     bad = [h for h, v in rows.items() if v == "refuses"]
     if bad:
-        raise KvmhaError(
+        fail_after_report(
+            as_json,
             f"the listener(s) on {', '.join(bad)} do not accept {wire}",
             "check 'kvmha fence key list' and their logs (journalctl -u kvmha-fence-listener)",
         )
@@ -651,7 +661,8 @@ def key_revoke(name: str, as_json: bool, config_path: Path) -> None:
     emit(as_json, schema, data, text_out)
     bad = [h for h, v in rows.items() if v == "accepts"]
     if bad:
-        raise KvmhaError(
+        fail_after_report(
+            as_json,
             f"the listener(s) on {', '.join(bad)} still accept {name}",
             "their CIB is behind: check 'pcs status' there, or stop the listener",
         )
@@ -788,7 +799,8 @@ def key_sync(as_json: bool, config_path: Path) -> None:
 
     emit(as_json, schema, data, text_out)
     if any(r["state"] == "differs" for r in report.values()):
-        raise KvmhaError(
+        fail_after_report(
+            as_json,
             "some listeners do not accept exactly the cluster's keys",
             "check their hosts' secret ('kvmha fence init' there) and 'pcs status'",
         )
@@ -841,7 +853,8 @@ def test(domain: str, key_file: Optional[Path], as_json: bool, config_path: Path
             ms = float(r["seconds"]) * 1000
             click.echo(f"{r['listener']:8} {r['address']:22} {ms:7.1f} ms  {what}")
     if any(r["status"] != "ok" for r in rows):
-        raise KvmhaError(
+        fail_after_report(
+            as_json,
             f"not every listener could answer for {domain}",
             "see the messages above; 'kvmha doctor' checks the listeners",
         )

@@ -310,6 +310,12 @@ def test_a_host_that_was_down_gets_every_key_when_back(world: tuple[Lab, FakeCib
     rc, data, err = cli(conf, "key", "create", "gc", "--domains", "guest1")
     assert rc == 0, err
     assert data["listeners"]["host3"].startswith("unreachable")
+    # a report that ends in failure keeps stdout one JSON document; the error on stderr
+    lab.world.add("alive", "host1")
+    rc, out, err = invoke("test", "alive", "--config", str(conf), "--json")
+    rows = json.loads(out)
+    assert rc == 1 and [r["status"] for r in rows] == ["ok", "ok", "error"]
+    assert "kvmha: error: not every listener" in err
     # host3 comes back with the CIB that Pacemaker replicated while it was down
     store = KeyStore(
         lab.listeners["host3"].cfg.keys_dir, lambda _m: None, HOST_KEY.secret, cib.element
