@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from kvmha.tools.output import colour, emit_json, progress_printer, table
+from kvmha.tools.plan_cli import admission_options, placement_options  # issue #14
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -41,9 +43,12 @@ def status(as_json: bool) -> None:
     click.echo()
     click.echo(
         table(
-            ["guest", "state", "host", "health", "fails", "dc"],
+            ["guest", "state", "host", "health", "fails", "dc", "priority", "after"],
             [
-                [g["name"], g["state"], g["host"], g["health"], g["fail_count"], g["dc"]]
+                [
+                    *(g["name"], g["state"], g["host"], g["health"], g["fail_count"], g["dc"]),
+                    *(g.get("priority"), ",".join(g.get("after", [])) or None),  # issue #14
+                ]
                 for g in rep["guests"]
             ],
             coloured=[1, 3],
@@ -65,6 +70,8 @@ def status(as_json: bool) -> None:
         )
     for w in rep["warnings"]:
         click.echo(colour("warning") + f": {w['message']} (fix: {w['fix']})")
+    if rep["cluster"].get("frozen"):  # issue #14: a banner while HA is frozen
+        click.echo(colour("warning: HA IS FROZEN") + " (maintenance-mode): kvmha ha thaw")
 
 
 @click.group()
@@ -109,6 +116,7 @@ def guest() -> None:
     show_default=True,
     help="Seconds to wait for the guest to run (0: do not wait).",
 )
+@placement_options
 def guest_add(
     name: str,
     xml_file: Path,
@@ -117,11 +125,13 @@ def guest_add(
     remote_node: bool,
     transport: str,
     wait_s: int,
+    **placing: Any,
 ) -> None:
     """Make the domain NAME (defined by --xml) a highly available guest."""
-    from kvmha import guests
+    from kvmha import admission, guests
 
     checks = [guests.HealthCheck.parse(h) for h in health]
+    hook = admission.add_hook(xml_file, *admission.settings_from(placing), _say)
     host = guests.add(
         name,
         xml_file,
@@ -131,6 +141,7 @@ def guest_add(
         transport=transport,
         wait_s=max(wait_s, 1),
         say=_say,
+        before_enable=hook,
     )
     click.echo(f"{name} runs on {host}")
 
@@ -167,10 +178,12 @@ def guest_list(as_json: bool) -> None:
 @guest.command("start")
 @click.argument("name")
 @click.option("--wait", "wait_s", type=click.IntRange(1, 3600), default=180, show_default=True)
-def guest_start(name: str, wait_s: int) -> None:
-    """Let the cluster run the guest (enable its resource)."""
-    from kvmha import guests
+@admission_options
+def guest_start(name: str, wait_s: int, tolerate: int, force: bool) -> None:
+    """Let the cluster run the guest (enable its resource), after admission control."""
+    from kvmha import admission, guests
 
+    admission.check_start(name, tolerate, force, _say)
     guests.set_enabled(name, True, wait_s)
     click.echo(f"{name} started")
 
