@@ -230,6 +230,18 @@ def thaw() -> bool:
 
 
 # ---- for kvmha status ------------------------------------------------------------------
+def down_reasons(cib: ET.Element, guests: list[str]) -> dict[str, str]:
+    """Why guests that should run stay down, once the cluster has done what it is about
+    to do (crm_simulate on the live CIB; empty for guests that are merely starting)."""
+    try:
+        res = plan.simulate(ET.tostring(cib, encoding="unicode"))
+    except KvmhaError:
+        return {}
+    settled = ET.fromstring(res.cib)
+    down = {g for g in guests if res.placement.get(g) is None}
+    return {g: plan.why_down(settled, g, res, [], True, down) for g in sorted(down)}
+
+
 def status_extras(cib: ET.Element, st: pcmk.ClusterState) -> dict[str, Any]:
     """Frozen banner, each guest's priority/order/affinity, and damping alerts."""
     guests: dict[str, dict[str, Any]] = {}
@@ -272,6 +284,22 @@ def status_extras(cib: ET.Element, st: pcmk.ClusterState) -> dict[str, Any]:
                         "fix": f"'pcs resource cleanup {rid}' once fixed",
                     }
                 )
+    wanted_down = [
+        rid
+        for rid, prim in guest_primitives(cib).items()
+        if st.running_on(rid) is None
+        and pcmk.nvpairs(prim, "meta_attributes").get("target-role", "Started").lower() != "stopped"
+    ]
+    if wanted_down and not frozen(cib):
+        for rid, reason in down_reasons(cib, wanted_down).items():
+            guests[rid]["down_reason"] = reason
+            warnings.append(
+                {
+                    "code": "guest-down",
+                    "message": f"{rid} stays down: {reason}",
+                    "fix": "kvmha plan shows what would make it fit",
+                }
+            )
     if frozen(cib):
         warnings.insert(
             0,

@@ -282,17 +282,28 @@ def affinities(cib: ET.Element) -> list[Affinity]:
 
 # ---- building changes ------------------------------------------------------------------
 def priority_changes(cib: ET.Element, guest: str, level: str) -> list[Change]:
-    """Set guest's priority and rebuild the tier ordering over every guest."""
+    """Set guest's priority and rebuild the tier orderings over every guest."""
     if level not in PRIORITIES:
         raise UsageError(f"bad priority {level!r}", "use high, medium or low")
     changes: list[Change] = [SetMeta(guest, "priority", str(PRIORITIES[level]))]
-    tiers: dict[str, list[str]] = {p: [] for p in PRIORITIES}
+    return changes + tier_order_changes(cib, {guest: level})
+
+
+def tier_order_changes(cib: ET.Element, override: Optional[dict[str, str]] = None) -> list[Change]:
+    """The optional tier orderings, rebuilt. A guest in an --after rule starts by that
+    rule and is left out of them: a high guest after a low one would otherwise close a
+    cycle (Pacemaker would produce no valid transition)."""
     from kvmha.guests import guest_primitives
 
+    override = override or {}
+    edges = after_edges(cib)
+    in_after = set(edges) | {d for deps in edges.values() for d in deps}
+    tiers: dict[str, list[str]] = {p: [] for p in PRIORITIES}
     for rid, prim in sorted(guest_primitives(cib).items()):
-        p = level if rid == guest else priority_of(prim)
-        if p in tiers:
+        p = override.get(rid) or priority_of(prim)
+        if p in tiers and rid not in in_after:
             tiers[p].append(rid)
+    changes: list[Change] = []
     for o in cib.iterfind("configuration/constraints/rsc_order"):
         if o.get("id", "").startswith(PRIORITY_ORDER_ID):
             changes.append(Delete("rsc_order", o.get("id", "")))
@@ -310,6 +321,13 @@ def priority_changes(cib: ET.Element, guest: str, level: str) -> list[Change]:
             xml += "</rsc_order>"
             changes.append(Create("constraints", xml))
     return changes
+
+
+def _with_tiers(cib: ET.Element, changes: list[Change]) -> list[Change]:
+    """changes, then the tier orderings as they must be once changes are applied."""
+    work = ET.fromstring(ET.tostring(cib))
+    apply_copy(work, changes)
+    return changes + tier_order_changes(work)
 
 
 def _require_guests(cib: ET.Element, *names: str) -> None:
@@ -339,14 +357,17 @@ def after_changes(cib: ET.Element, guest: str, dep: str) -> list[Change]:
     if dep in edges.get(guest, set()):
         return []
     cid = f"kvmha-after-{guest}-{dep}"
-    return [
-        Create(
-            "constraints",
-            f'<rsc_order id={quoteattr(cid)} first={quoteattr(dep)} first-action="start" '
-            f'then={quoteattr(guest)} then-action="start" kind="Mandatory" '
-            'symmetrical="false"/>',
-        )
-    ]
+    return _with_tiers(
+        cib,
+        [
+            Create(
+                "constraints",
+                f'<rsc_order id={quoteattr(cid)} first={quoteattr(dep)} first-action="start" '
+                f'then={quoteattr(guest)} then-action="start" kind="Mandatory" '
+                'symmetrical="false"/>',
+            )
+        ],
+    )
 
 
 def no_after_changes(cib: ET.Element, guest: str, dep: str) -> list[Change]:
@@ -354,7 +375,7 @@ def no_after_changes(cib: ET.Element, guest: str, dep: str) -> list[Change]:
     cid = f"kvmha-after-{guest}-{dep}"
     if cib.find(f".//rsc_order[@id='{cid}']") is None:
         raise UsageError(f"{guest} does not start after {dep}")
-    return [Delete("rsc_order", cid)]
+    return _with_tiers(cib, [Delete("rsc_order", cid)])
 
 
 def affinity_changes(

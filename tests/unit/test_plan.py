@@ -270,3 +270,34 @@ def test_domain_size_reads_vcpus_and_memory_units(tmp_path: Path) -> None:
     x.write_text("<domain><name>d</name></domain>")
     with pytest.raises(UsageError, match="no <memory>"):
         placement.domain_size(x)
+
+
+def test_after_overrides_the_tiers_without_a_cycle() -> None:
+    """A high guest after a low one: the tier ordering (high before low) would close a
+    cycle with it; the --after guests are left out of the tiers, so Pacemaker still
+    finds a valid transition and the high guest waits for its dependency."""
+    hosts = {"host1": (8, 8192), "host2": (8, 8192), "host3": (8, 8192)}
+    guests = [
+        GuestSpec("db", 512, prefers="host2", priority="low"),
+        GuestSpec("web", 512, prefers="host2", priority="high"),
+        GuestSpec("other", 512, prefers="host2", priority="low"),
+    ]
+    cib = ET.fromstring(build(hosts, guests))
+    placement.apply_copy(cib, placement.after_changes(cib, "web", "db"))
+    orders = [o.get("id") for o in cib.iter("rsc_order")]
+    assert "kvmha-after-web-db" in orders
+    assert not any(
+        "web" in ET.tostring(o, encoding="unicode")
+        for o in cib.iter("rsc_order")
+        if o.get("id", "").startswith("kvmha-priority-order")
+    )
+    settled = settle(ET.tostring(cib, encoding="unicode"), list(hosts))
+    (s,) = plan.make_plan(settled, ["host2"]).scenarios
+    g = by_name(s)
+    assert s.ok
+    assert g["db"].order is not None and g["web"].order is not None
+    assert g["db"].order < g["web"].order and "db" in g["web"].waits_for
+    # removing the rule puts web back into its tier
+    placement.apply_copy(cib, placement.no_after_changes(cib, "web", "db"))
+    tiers = [ET.tostring(o, encoding="unicode") for o in cib.iter("rsc_order")]
+    assert any("web" in t for t in tiers) and not any("kvmha-after" in t for t in tiers)
