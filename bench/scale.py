@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.unit.plan_cib import ENV, GuestSpec, build, settle  # noqa: E402
+from tests.unit.plan_cib import ENV, GuestSpec, build, settle
 
 
 def generated(hosts: int, per_host: int) -> str:
@@ -127,7 +127,9 @@ def main() -> None:
         for hosts in sorted({r["hosts"] for r in rows}):
             rs = [r for r in rows if r["hosts"] == hosts]
             g = [r["guests"] for r in rs]
-            axes[0].plot(g, [r["crm_simulate_node_fail_s"] for r in rs], "o-", label=f"{hosts} hosts")
+            axes[0].plot(
+                g, [r["crm_simulate_node_fail_s"] for r in rs], "o-", label=f"{hosts} hosts"
+            )
             axes[1].plot(g, [r["plan_tolerate_1_s"] for r in rs], "o-", label=f"{hosts} hosts")
         axes[0].set_title("crm_simulate, one host failing")
         axes[1].set_title("kvmha plan --tolerate 1 (every host)")
