@@ -6,13 +6,10 @@ crm_attribute through kvmha.pcmk) or to a copy of the CIB (an ElementTree), so t
 ``kvmha plan`` and admission control ask crm_simulate about exactly what would be
 written. kvmha's elements:
 
-- priority: the meta attribute ``priority`` (high 30, medium 20, low 10): when not
-  every guest fits, Pacemaker keeps the higher ones running; plus optional, asymmetric
-  orderings ``kvmha-priority-order-A-B`` between the resource sets of each pair of
-  tiers (high before medium, high before low, medium before low): when guests of
-  several tiers start in one transition (after a host failure), the lower tiers wait
-  until the higher ones have started. Optional: a lower tier never waits for a higher
-  guest that is not starting.
+- priority: the meta attribute ``priority`` (high 30, medium 20, low 10): Pacemaker
+  places higher priorities first and, when not every guest fits, stops lower ones to
+  keep them running. No orderings between the tiers (see TIER_ORDERINGS): a guest that
+  must be *ready* before another starts uses ``--after``.
 - ``--after DEP``: ``rsc_order kvmha-after-GUEST-DEP`` (DEP start, then GUEST start;
   mandatory, asymmetric). The Guest agent's start returns once the health checks pass,
   so "started" means ready.
@@ -38,6 +35,12 @@ from kvmha.errors import UsageError
 PRIORITIES = {"high": 30, "medium": 20, "low": 10}
 DEFAULT_PRIORITY = "medium"
 PRIORITY_ORDER_ID = "kvmha-priority-order"
+# Orderings between the tiers are NOT written: when a lower-priority guest live-migrates
+# to make room while higher ones start on the host it leaves, Pacemaker 2.1 builds a
+# transition that cannot complete (migrate_to waits for the higher starts, which wait
+# for the host's load_stopped, which waits for the migration). Found by bench/scale.py;
+# kept here, off, with the test that shows it (tests/unit/test_plan.py).
+TIER_ORDERINGS = False
 SOFT_SCORE = 500
 UTIL_CPU = "cpu"
 UTIL_MEMORY = "hv_memory"
@@ -307,6 +310,8 @@ def tier_order_changes(cib: ET.Element, override: Optional[dict[str, str]] = Non
     for o in cib.iterfind("configuration/constraints/rsc_order"):
         if o.get("id", "").startswith(PRIORITY_ORDER_ID):
             changes.append(Delete("rsc_order", o.get("id", "")))
+    if not TIER_ORDERINGS:
+        return changes
     # one constraint per pair of tiers: a chain high -> medium -> low would break where
     # no medium guest is starting, and low would no longer wait for high
     sets = [(p, members) for p, members in tiers.items() if members]

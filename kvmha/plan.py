@@ -45,6 +45,7 @@ class SimResult:
     rounds: int
     placement_before: dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
     actions: dict[str, str] = dataclasses.field(default_factory=dict)  # rsc -> migrate, move...
+    blocked: bool = False  # a transition could not complete (crm_simulate: terminated)
 
 
 def _status(el: Optional[ET.Element]) -> tuple[dict[str, Optional[str]], dict[str, str], list[str]]:
@@ -156,6 +157,7 @@ def simulate(cib: str, fail: list[str] = (), quorum: bool = True) -> SimResult: 
     waits: dict[str, set[str]] = {}
     fenced: list[str] = []
     actions: dict[str, str] = {}
+    blocked = False
     placement_: dict[str, Optional[str]] = {}
     roles: dict[str, str] = {}
     online: list[str] = []
@@ -167,6 +169,8 @@ def simulate(cib: str, fail: list[str] = (), quorum: bool = True) -> SimResult: 
                 for h in fail:
                     args += ["--node-fail", h]
             result, cib, graph = crm_simulate(cib, args, workdir)
+            if any("terminated" in (e.text or "") for e in result.iterfind("status/errors/error")):
+                blocked = True
             done_anything = False
             for a in result.iterfind("actions/rsc_action"):
                 actions.setdefault(a.get("resource", ""), a.get("action", ""))
@@ -184,7 +188,16 @@ def simulate(cib: str, fail: list[str] = (), quorum: bool = True) -> SimResult: 
             if not done_anything:
                 break
         return SimResult(
-            cib, placement_, roles, online, starts, waits, fenced, rnd, actions=actions
+            cib,
+            placement_,
+            roles,
+            online,
+            starts,
+            waits,
+            fenced,
+            rnd,
+            actions=actions,
+            blocked=blocked,
         )
 
 
@@ -337,6 +350,11 @@ def why_down(
             if took:
                 text += f"; higher priority first: {', '.join(took)}"
             return text
+    if res.blocked:
+        return (
+            "Pacemaker's transition could not complete (ordering rules and live "
+            "migrations wait for each other): crm_simulate reports it terminated"
+        )
     return (
         "the scheduler leaves it stopped (see its allocation scores: "
         "crm_simulate --live-check --show-scores)"
@@ -406,8 +424,13 @@ def scenario(base: SimResult, cib: ET.Element, fail: list[str], total_hosts: int
         outcomes.append(
             GuestOutcome(g, frm, to, order.get(g), reason, action, prio, waits, g in ha)
         )
-    ok = all(o.to is not None for o in outcomes if o.name in ha)
-    return Scenario(list(fail), outcomes, ok, quorate, summary_line(fail, outcomes, ha))
+    ok = all(o.to is not None for o in outcomes if o.name in ha) and (
+        not res.blocked or not quorate
+    )
+    summary = summary_line(fail, outcomes, ha)
+    if res.blocked and quorate:
+        summary += "; WARNING: the recovery transition could not complete (crm_simulate)"
+    return Scenario(list(fail), outcomes, ok, quorate, summary)
 
 
 def summary_line(fail: list[str], outcomes: list[GuestOutcome], ha: dict[str, Any]) -> str:

@@ -168,9 +168,9 @@ def test_admission_refuses_a_guest_that_breaks_n1_and_force_records_it(lab: Lab)
     assert r.returncode == 3, r.stdout + r.stderr
 
 
-def test_plan_matches_a_power_cut_and_high_priority_runs_first(lab: Lab) -> None:
-    """host2 runs guest2 (high), guest3 (low) and guest4 (medium, too big for the rest);
-    guest1 on host1 is kept apart from guest2."""
+def test_plan_matches_a_power_cut_and_after_orders_the_restarts(lab: Lab) -> None:
+    """host2 runs guest2 (high), guest3 (low, starts --after guest2) and guest4 (medium,
+    too big for the rest); guest1 on host1 is kept apart from guest2."""
     layout(lab, {"guest1": "host1", "guest2": "host2", "guest3": "host2", "guest4": "host2"})
     caps = {"host1": 1024, "host2": 2048, "host3": 1024}
     for h, mem in caps.items():
@@ -191,7 +191,19 @@ def test_plan_matches_a_power_cut_and_high_priority_runs_first(lab: Lab) -> None
         "0",
         "--force",
     )
-    ok(lab, "guest", "set", "guest3", "--priority", "low", "--tolerate", "0", "--force")
+    ok(
+        lab,
+        "guest",
+        "set",
+        "guest3",
+        "--priority",
+        "low",
+        "--after",
+        "guest2",
+        "--tolerate",
+        "0",
+        "--force",
+    )
     ok(lab, "guest", "set", "guest4", "--priority", "medium", "--tolerate", "0", "--force")
     settle(lab)
     assert where(lab) == {

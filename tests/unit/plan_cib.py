@@ -144,7 +144,7 @@ def settle(cib: str, hosts: list[str]) -> str:
         argv = ["crm_simulate", "-x", str(src), "-S", "-Q", "-q", "1", "-O", str(out)]
         for h in hosts:
             argv += ["-u", h]
-        subprocess.run(argv, capture_output=True, text=True, check=True, env=ENV, timeout=300)
+        subprocess.run(argv, capture_output=True, text=True, check=True, env=ENV, timeout=3600)
         root = ET.parse(out).getroot()
     cons = root.find("configuration/constraints")
     assert cons is not None
