@@ -2,7 +2,7 @@
 """Benchmark: how the plan's cost grows with the cluster. Generated CIBs with kvmha's
 constraints (capacity and utilization, priority tiers and their orderings, --after
 chains, anti-affinity pairs, data-centre rules) for 8, 16 and 32 hosts x 10, 25 and 50
-guests per host, settled by crm_simulate (without probe history, see below); then, per size: the scheduler's time for one
+guests per host, settled by crm_simulate (no probe history, see below); then, per size:
 host failure (one crm_simulate --node-fail run, median of --runs) and the time of
 ``kvmha plan --tolerate 1`` (kvmha.plan.make_plan on the same CIB: every host failing
 alone, on all cores). No daemons: Pacemaker's scheduler only.

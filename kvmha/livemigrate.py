@@ -1,4 +1,9 @@
-"""Live migration of a guest resource to a named host, with progress from libvirt."""
+"""Live migration of a guest resource to a named host, with progress from libvirt.
+
+Owns ``kvmha guest migrate``: the checks before the move (data centre, allow-migrate,
+host online), the move through the cluster (crm_resource --move, always cleared after),
+and the progress that libvirt reports for the migration job on the source host.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,20 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
-from kvmha import datacentre, pcmk
+from kvmha import datacentre, pcmk, virt
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.guests import require_guest, require_host
-from kvmha.process import run
+from kvmha.process import trace
 
 # (percent done or None, one line of text)
 Progress = Callable[[Optional[float], str], None]
 
 
 def _libvirt_uri(source: str, params: dict[str, str]) -> str:
-    local = run(["crm_node", "-n"], check=False).stdout.strip()
+    try:
+        local = pcmk.local_node_name()
+    except KvmhaError:
+        local = ""
     if local == source:
         return params.get("hypervisor") or "qemu:///system"
     transport = params.get("migration_transport") or "ssh"
@@ -28,13 +36,11 @@ def _libvirt_uri(source: str, params: dict[str, str]) -> str:
 def _open_domain(uri: str, name: str, seconds: float = 5.0) -> Any:
     """libvirt domain handle on the source, or None; never blocks longer than seconds."""
     box: list[Any] = []
+    trace(f"libvirt: open {uri}, lookupByName({name}), jobStats() while it migrates")
 
     def work() -> None:
         try:
-            import libvirt
-
-            libvirt.registerErrorHandler(lambda _c, _e: None, None)
-            box.append(libvirt.open(uri).lookupByName(name))
+            box.append(virt.connect(uri, seconds).lookupByName(name))
         except Exception:  # progress is best effort: the cluster result decides
             box.append(None)
 

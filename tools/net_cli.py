@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,23 +17,12 @@ from typing import Any, Optional
 import click
 
 from kvmha.errors import KvmhaError, UsageError
-
-CHECK_ERROR = 3
-
-
-class _CheckCommand(click.Command):
-    """Errors of ``check`` exit 3, so that 1 and 2 always mean a verdict."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            exc.exit_code = CHECK_ERROR
-            raise
+from kvmha.tools.clibase import VERDICT_FAILED, VerdictCommand
+from kvmha.tools.output import emit, json_option
 
 
 class _CheckError(KvmhaError):
-    exit_code = CHECK_ERROR
+    exit_code = VERDICT_FAILED
 
 
 @click.group()
@@ -42,9 +30,9 @@ def net() -> None:
     """Bonds under bridges: inspect the live stack (check), prove it with traffic (probe)."""
 
 
-@net.command(cls=_CheckCommand)
+@net.command(cls=VerdictCommand)
 @click.option("--netns", metavar="NAME", help="Read this network namespace instead of the host.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def check(netns: Optional[str], as_json: bool) -> None:
     """A verdict for every bridge: ok, warning or incompatible, with reasons and references.
 
@@ -58,7 +46,7 @@ def check(netns: Optional[str], as_json: bool) -> None:
     except KvmhaError as exc:
         raise _CheckError(exc.message, exc.fix) from exc
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        emit("net-check", report)
     else:
         click.echo(render_table(report), nl=False)
     sys.exit(exit_code(report))
@@ -105,7 +93,7 @@ def _progress() -> Any:
     help="Seconds of traffic on all flows (balance-tlb/alb rebalance every 10 s).",
 )
 @click.option("--no-failover", is_flag=True, help="Skip the phase after the active link fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def probe(
     mode: str,
     switch: str,
@@ -133,6 +121,6 @@ def probe(
             raise UsageError("--modules needs --kernel")
         report = p.run(modes, switches, soak=soak, failover=not no_failover, progress=say)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        emit("net-probe", report)
     else:
         click.echo(p.render_table(report), nl=False)

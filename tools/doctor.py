@@ -1,10 +1,12 @@
 """``kvmha doctor``: is this host fit to run highly available guests? Each finding has a fix.
 
+Lives with the tools (the CLI is its only user): an admin's diagnostic, not shared plumbing.
+
 The checks are a declarative table (``CHECKS``): a name (for ``--skip``/``--only``), a
 title (for progress) and a function from a ``Context`` to findings. A finding is
 ``{severity: ok|warning|error, code, message, fix}``; ``code`` is stable, for scripts.
 Services are described by a table too (``SERVICES``, ``TIME_SYNC``): their systemd units
-and how to recognise their processes where systemd is not the init (see kvmha.systemd).
+and how to recognise their processes where systemd is not the init (see kvmha.tools.systemd).
 
 Where the facts come from: libvirt-python (``qemu:///system``, opened in a thread with a
 deadline), systemd over D-Bus or /proc, ``crm_mon --output-as=xml --inactive`` (stonith,
@@ -18,20 +20,21 @@ the command itself failing (bad option), never for a finding: like ``kvmha net c
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import os
 import socket
 import stat
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol
 
+from kvmha import pcmk
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, run
-from kvmha.systemd import (
+from kvmha.process import trace
+from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
     SystemdBus,
@@ -68,11 +71,10 @@ class Finding:
 
 # ---- what a check may ask for ---------------------------------------------------------
 
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
-
-
-def default_runner(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return run(argv, timeout=timeout, check=False, env=clean_env())
+# The cluster tools (crm_mon, crm_attribute) run through kvmha.pcmk's runner, the one
+# place that runs them; a test gives a Context its own runner instead.
+Runner = pcmk.Runner
+default_runner: Runner = pcmk.subprocess_runner
 
 
 @dataclasses.dataclass
@@ -258,22 +260,28 @@ class Context:
 # ---- libvirt ---------------------------------------------------------------------------
 
 
-def probe_libvirt(uri: str) -> str:
-    """Open uri and describe what answered; raises KvmhaError."""
+def probe_libvirt(uri: str, timeout: float = 60.0) -> str:
+    """Open uri (through kvmha.virt) and describe what answered; raises KvmhaError, or
+    TimeoutError when libvirt does not open the connection in time."""
+    from kvmha import virt
+
+    trace(f"libvirt: open {uri}, getLibVersion(), numOfDomains()")
     try:
-        import libvirt
-    except ImportError as exc:
+        conn = virt.connect(uri, timeout)
+    except virt.LibvirtUnavailable as exc:
         raise KvmhaError("libvirt-python is not installed", "dnf install python3-libvirt") from exc
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
+    except virt.ConnectTimeout as exc:
+        raise TimeoutError(str(exc)) from exc
+    except Exception as exc:  # libvirt.libvirtError: the module is imported lazily
+        raise KvmhaError(f"cannot open {uri}: {virt.err_text(exc)}") from exc
     try:
-        conn = libvirt.open(uri)
-        try:
-            v = conn.getLibVersion()
-            n = conn.numOfDomains()
-        finally:
+        v = conn.getLibVersion()
+        n = conn.numOfDomains()
+    except Exception as exc:
+        raise KvmhaError(f"libvirt at {uri} failed: {virt.err_text(exc)}") from exc
+    finally:
+        with contextlib.suppress(Exception):
             conn.close()
-    except libvirt.libvirtError as exc:
-        raise KvmhaError(f"cannot open {uri}: {exc.get_error_message()}") from exc
     ver = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
     return f"libvirt {ver} at {uri} answers, {n} domain(s) running"
 
@@ -600,7 +608,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                "quorum-no-dc",
+                "quorum-no-controller",
                 f"the cluster has no designated controller ({seen}): nothing is managed",
                 "corosync-cfgtool -s and corosync-quorumtool -s show which hosts this one "
                 "sees; check the cluster network",
@@ -617,7 +625,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
                 "(corosync-quorumtool -s)",
             )
         ]
-    return [Finding(OK, "quorum", f"quorate, DC {dc.get('name', '?')}, {seen}")]
+    return [Finding(OK, "quorum", f"quorate, designated controller {dc.get('name', '?')}, {seen}")]
 
 
 # ---- key files ---------------------------------------------------------------------------
@@ -876,6 +884,7 @@ def report(
     t0 = time.monotonic()
     findings = run_checks(ctx, checks, progress)
     return {
+        "schema": "kvmha.doctor.v1",
         "host": socket.gethostname(),
         "services_from": ctx.services_kind,
         "findings": [f.to_dict() for f in findings],
