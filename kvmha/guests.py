@@ -110,8 +110,10 @@ def add(
     transport: str,
     wait_s: float,
     say: Callable[[str], None],
+    before_enable: Callable[[str], None] | None = None,
 ) -> str:
-    """Create the resource (disabled), place it, enable it; return the host it runs on."""
+    """Create the resource (disabled), place it, enable it; return the host it runs on.
+    before_enable (kvmha.admission) sees the disabled resource and may refuse."""
     if not NAME_RE.match(name):
         raise UsageError(f"bad guest name {name!r}", "use letters, digits, '_', '.', '-'")
     xml_file = xml_file.resolve()
@@ -162,6 +164,8 @@ def add(
     if dc is not None:
         say(f"placing {name} in data centre {dc}")
         datacentre.place_guest(pcmk.query_cib(), name, dc)
+    if before_enable is not None:
+        before_enable(name)
     pcmk.pcs("resource", "enable", name)
     say(f"starting {name}")
     return wait_running(name, None, wait_s)

@@ -132,16 +132,23 @@ def report() -> dict[str, Any]:
         }
         for e in sorted(st.fencing, key=lambda e: e.completed, reverse=True)[:5]
     ]
+    # issue #14: frozen banner, priority/order/affinity per guest, damping alerts
+    from kvmha.maintenance import status_extras
+
+    extras = status_extras(cib, st)
+    for g in guests:
+        g.update(extras["guests"].get(g["name"], {}))
     return {
         "cluster": {
             "quorate": st.quorate,
             "designated_controller": st.dc,
             "stonith_enabled": st.stonith_enabled,
+            "frozen": extras["frozen"],
         },
         "hosts": hosts,
         "guests": guests,
         "fencing": {"devices": devices, "events": events},
-        "warnings": warnings(st, devices, guests, hosts),
+        "warnings": extras["warnings"] + warnings(st, devices, guests, hosts),
     }
 
 

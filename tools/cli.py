@@ -63,6 +63,18 @@ def _register() -> None:
         opt = _optional(spec)
         if opt is not None:
             main.add_command(opt)
+    _register_plan(guest)
+
+
+def _register_plan(guest: click.Group) -> None:
+    """kvmha plan, host, ha, guest set (issue #14)."""
+    from kvmha.tools.ha_cli import ha
+    from kvmha.tools.host_cli import host
+    from kvmha.tools.plan_cli import guest_set, plan_cmd
+
+    for cmd in (plan_cmd, host, ha):
+        main.add_command(cmd)
+    guest.add_command(guest_set)
 
 
 _register()

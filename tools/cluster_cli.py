@@ -14,6 +14,7 @@ import click
 
 from kvmha.tools.complete import complete_dcs, complete_guests, complete_hosts
 from kvmha.tools.output import colour, emit, json_option, progress_printer, table
+from kvmha.tools.plan_cli import admission_options, placement_options  # issue #14
 
 
 def _say(msg: str) -> None:
@@ -47,9 +48,12 @@ def status(as_json: bool) -> None:
     click.echo()
     click.echo(
         table(
-            ["guest", "state", "host", "health", "fails", "data centre"],
+            ["guest", "state", "host", "health", "fails", "data centre", "priority", "after"],
             [
-                [g["name"], g["state"], g["host"], g["health"], g["fail_count"], g["dc"]]
+                [
+                    *(g["name"], g["state"], g["host"], g["health"], g["fail_count"], g["dc"]),
+                    *(g.get("priority"), ",".join(g.get("after", [])) or None),  # issue #14
+                ]
                 for g in rep["guests"]
             ],
             coloured=[1, 3],
@@ -71,6 +75,8 @@ def status(as_json: bool) -> None:
         )
     for w in rep["warnings"]:
         click.echo(colour("warning") + f": {w['message']} (fix: {w['fix']})")
+    if rep["cluster"].get("frozen"):  # issue #14: a banner while HA is frozen
+        click.echo(colour("warning: HA IS FROZEN") + " (maintenance-mode): kvmha ha thaw")
 
 
 def network_warnings() -> list[dict[str, str]]:
@@ -156,6 +162,7 @@ def guest() -> None:
     help="Seconds to wait for the guest to run (0: do not wait).",
 )
 @json_option
+@placement_options
 def guest_add(
     name: str,
     xml_file: Path,
@@ -165,11 +172,13 @@ def guest_add(
     transport: str,
     wait_s: int,
     as_json: bool,
+    **placing: Any,
 ) -> None:
     """Make the domain NAME (defined by --xml) a highly available guest."""
-    from kvmha import guests
+    from kvmha import admission, guests
 
     checks = [guests.HealthCheck.parse(h) for h in health]
+    hook = admission.add_hook(xml_file, *admission.settings_from(placing), _say)
     host = guests.add(
         name,
         xml_file,
@@ -179,6 +188,7 @@ def guest_add(
         transport=transport,
         wait_s=max(wait_s, 1),
         say=_say,
+        before_enable=hook,
     )
     _done(as_json, f"{name} runs on {host}", action="guest-add", guest=name, host=host)
 
@@ -217,10 +227,12 @@ def guest_list(as_json: bool) -> None:
 @click.argument("name", shell_complete=complete_guests)
 @click.option("--wait", "wait_s", type=click.IntRange(1, 3600), default=180, show_default=True)
 @json_option
-def guest_start(name: str, wait_s: int, as_json: bool) -> None:
-    """Let the cluster run the guest (enable its resource)."""
-    from kvmha import guests
+@admission_options
+def guest_start(name: str, wait_s: int, as_json: bool, tolerate: int, force: bool) -> None:
+    """Let the cluster run the guest (enable its resource), after admission control."""
+    from kvmha import admission, guests
 
+    admission.check_start(name, tolerate, force, _say)
     guests.set_enabled(name, True, wait_s)
     _done(as_json, f"{name} started", action="guest-start", guest=name, host=None)
 
