@@ -1,0 +1,95 @@
+"""Tests that kill surviving mutants of the fence listener's "off" decisions
+(scripts/mutation.sh listener; docs/testing.md). Each names the decision it pins down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from kvmha.fence.keys import Scope
+from kvmha.fence.virt import BackendError, Info
+
+from .test_fence_fakes import Lab, agent_args, lab_fixture, run_agent
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    yield from lab_fixture(tmp_path)
+
+
+@pytest.fixture
+def key(lab: Lab) -> Path:
+    for i, h in enumerate(("host1", "host2", "host3"), 1):
+        lab.world.add(f"guest{i}", h)
+    return lab.add_key("gc1", Scope("domains", ("guest1", "guest2", "guest3")))
+
+
+def test_a_domain_last_seen_on_a_host_that_is_not_fenced_is_not_off(lab: Lab, key: Path) -> None:
+    """_off_certain: the last host a domain was seen on counts only when it was fenced;
+    every host answering "not here" about a name it no longer knows is no proof."""
+    rc, out, _ = run_agent(agent_args(lab, key, "status", "guest1", hosts=["host2"]))
+    assert (rc, out.strip()) == (0, "Status: ON")  # seen on host1: recorded
+    lab.world.doms = [d for d in lab.world.doms if d.name != "guest1"]
+    for action in ("status", "off"):
+        rc, out, err = run_agent(agent_args(lab, key, action, "guest1", hosts=["host2"]))
+        assert rc == 1, (action, out, err)
+        assert "no host knows domain 'guest1'" in err
+    # once the host cluster fenced host1 after the domain was seen there, it is off
+    lab.cluster.fenced.add("host1")
+    rc, out, err = run_agent(agent_args(lab, key, "status", "guest1", hosts=["host2"]))
+    assert (rc, out.strip()) == (2, "Status: OFF"), err
+
+
+class FlakyOnce:
+    """A backend whose first info() fails (libvirt hiccup), then answers."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def info(self, plug: str) -> Optional[Info]:
+        if not self.failed:
+            self.failed = True
+            raise BackendError("libvirt hiccup")
+        return self.inner.info(plug)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("action", ["off", "reboot"])
+def test_off_without_the_early_local_path_still_powers_off_the_local_copy(
+    lab: Lab, key: Path, action: str
+) -> None:
+    """_off_everywhere: when the early local off did not start (the first look-up failed),
+    the local copy is powered off with the others; success is never answered for it
+    unpowered."""
+    lst = lab.listeners["host1"]
+    lst.backend = FlakyOnce(lst.backend)  # type: ignore[assignment]
+    lab.world.find("host1", "guest1").persistent = True  # type: ignore[union-attr]
+    rc, out, err = run_agent(agent_args(lab, key, action, "guest1", hosts=["host1"]))
+    assert rc == 0, err
+    assert ("host1", "guest1") in lab.world.offs
+    assert lst.backend.failed  # type: ignore[attr-defined]
+
+
+def test_a_failed_target_role_names_the_resource(lab: Lab, key: Path) -> None:
+    """_off: when the host cluster cannot be told to keep the guest stopped, the answer
+    says so and names the resource."""
+    from kvmha.fence.cluster import ClusterError
+
+    lab.cluster.manage("guest2")
+
+    def refuse(rid: str, role: str) -> None:
+        raise ClusterError("cibadmin: connection refused")
+
+    lab.cluster.set_target_role = refuse  # type: ignore[method-assign]
+    rc, _, err = run_agent(agent_args(lab, key, "off", "guest2", hosts=["host1"]))
+    assert ("host2", "guest2") in lab.world.offs
+    audit = [e for e in lab.audit_lines("host1") if e.get("action") == "off"]
+    assert audit and "could not set target-role=Stopped on guest2: cibadmin" in str(
+        audit[-1].get("detail")
+    ), (rc, err, audit)
