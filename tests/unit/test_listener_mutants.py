@@ -93,3 +93,14 @@ def test_a_failed_target_role_names_the_resource(lab: Lab, key: Path) -> None:
     assert audit and "could not set target-role=Stopped on guest2: cibadmin" in str(
         audit[-1].get("detail")
     ), (rc, err, audit)
+
+
+def test_off_powers_off_every_copy_not_only_the_local_one(lab: Lab, key: Path) -> None:
+    """_off_everywhere: the early local off does not end the round: a second copy of the
+    domain (mid-migration) on another host is powered off too before success."""
+    uuid = lab.world.find("host1", "guest1").uuid  # type: ignore[union-attr]
+    lab.world.add("guest1", "host2", uuid=uuid)
+    rc, out, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host1"]))
+    assert rc == 0, err
+    assert sorted(lab.world.offs) == [("host1", "guest1"), ("host2", "guest1")]
+    assert not any(d.name == "guest1" and d.active for d in lab.world.doms)
