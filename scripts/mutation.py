@@ -380,6 +380,14 @@ def load_equivalents() -> dict[tuple[str, str, str, str], str]:
     return eq
 
 
+def mutant_line(diff: str) -> str:
+    """The mutated line as it reads in the mutant (the key of an equivalent mutant)."""
+    for x in diff.splitlines():
+        if x.startswith("+") and not x.startswith("+++"):
+            return x[1:].strip()
+    return ""
+
+
 @dataclasses.dataclass
 class Survivor:
     target: str
@@ -430,7 +438,7 @@ def survivors(name: str) -> tuple[dict[str, int], list[Survivor]]:
                 continue
             m = item.mutations[0]
             line = m.start_pos[0]
-            code = src_lines[line - 1].strip()
+            code = mutant_line(result.diff or "") or src_lines[line - 1].strip()
             func = function_at(ranges, line) or "?"
             why = eq.get((t.source, func, m.operator_name, code))
             counts["survived"] += 1

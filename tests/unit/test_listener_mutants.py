@@ -104,3 +104,76 @@ def test_off_powers_off_every_copy_not_only_the_local_one(lab: Lab, key: Path) -
     assert rc == 0, err
     assert sorted(lab.world.offs) == [("host1", "guest1"), ("host2", "guest1")]
     assert not any(d.name == "guest1" and d.active for d in lab.world.doms)
+
+
+def test_an_out_of_scope_domain_on_the_listeners_own_host_is_never_touched(
+    lab: Lab, key: Path
+) -> None:
+    """_early_local_off: the early local off runs only for a domain the key may fence."""
+    lab.world.add("other", "host1")
+    for action in ("off", "reboot"):
+        rc, out, err = run_agent(agent_args(lab, key, action, "other", hosts=["host1"]))
+        assert rc == 1 and "may not" in err, (action, out, err)
+    assert lab.world.offs == []
+    assert lab.world.find("host1", "other").active  # type: ignore[union-attr]
+
+
+def _exchange(lab: Lab, key: Path, body: dict[str, Any], kind: str = "request") -> Any:
+    """One authenticated exchange by hand; kind is the request frame's type."""
+    import os
+    import socket
+    import time
+
+    from kvmha.fence import agent
+    from kvmha.fence.keys import Key
+
+    k = Key.load(str(key))
+    with socket.create_connection(("127.0.0.1", lab.ports["host1"])) as s:
+        nc = os.urandom(32)
+        hello = {"type": "hello", "proto": agent.PROTOCOL, "key": k.name, "nc": nc.hex()}
+        agent.send_frame(s, hello, time.monotonic() + 5)
+        ch = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+        ns = bytes.fromhex(str(ch["ns"]))
+        mac = agent.client_mac(k.secret, k.name, nc, ns, body)
+        agent.send_frame(s, {"type": kind, "body": body, "mac": mac.hex()}, time.monotonic() + 5)
+        return agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 10)
+
+
+def test_a_validly_signed_frame_that_is_not_a_request_is_refused(lab: Lab, key: Path) -> None:
+    """handle: the MAC covers the body, the frame type is checked on its own."""
+    body = {"action": "off", "plug": "guest1", "timeout": 5}
+    ans = _exchange(lab, key, body, kind="response")
+    assert ans["type"] == "refused" and ans["reason"] == "not a request"
+    assert lab.world.offs == []
+
+
+@pytest.mark.parametrize(
+    ("plug", "bad"),
+    [("guest\x1f1", True), ("g" * 300, True), ("guest!1", False), ("guest 1", False)],
+)
+def test_plug_checks(lab: Lab, key: Path, plug: str, bad: bool) -> None:
+    """dispatch: control characters and over-long plugs are refused as such; printable
+    ones go on to the look-up (and here are unknown)."""
+    ans = _exchange(lab, key, {"action": "status", "plug": plug, "timeout": 5})
+    assert ans["type"] == "response"
+    msg = ans["body"].get("message", "")
+    assert (msg == "bad plug") is bad, ans
+
+
+def test_an_unknown_action_is_echoed_cut_to_40_characters(lab: Lab, key: Path) -> None:
+    ans = _exchange(lab, key, {"action": "x" * 100, "plug": "guest1"})
+    assert ans["body"] == {"status": "error", "message": f"unknown action {'x' * 40!r}"}
+
+
+def test_a_failed_local_off_is_an_error_that_names_the_host(lab: Lab, key: Path) -> None:
+    """_off_everywhere: a host that could not power its copy off makes the answer an
+    error naming that host, never "off"."""
+    backend = lab.listeners["host1"].backend
+
+    def refuse(plug: str, timeout: float) -> Info:
+        raise BackendError("virDomainDestroy failed: device busy")
+
+    backend.off = refuse  # type: ignore[method-assign]
+    rc, out, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host1"]))
+    assert rc == 1, out
+    assert "host1: virDomainDestroy failed" in err

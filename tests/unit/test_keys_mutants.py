@@ -1,0 +1,37 @@
+"""Tests that kill surviving mutants of the key scopes and the key store
+(scripts/mutation.sh keys; docs/testing.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kvmha.fence import agent
+from kvmha.fence.keys import KeyStore, Scope, Target, write_private
+
+
+def test_a_dc_scope_allows_its_own_data_centre_only() -> None:
+    s = Scope("dc", ("qa",))
+    assert s.allows(Target("vm1", dc="qa"))
+    assert not s.allows(Target("vm1", dc="dev"))
+    assert not s.allows(Target("vm1"))
+
+
+def test_a_bad_key_file_is_reported_once_not_at_every_reload(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    store = KeyStore(str(tmp_path), warnings.append)
+    write_private(tmp_path / "broken.key", "name=broken\n")  # no secret, no scope
+    store.reload(force=True)
+    store.reload(force=True)
+    assert len(warnings) == 1 and "broken.key" in warnings[0]
+    assert str(tmp_path / "broken.key") in store.problems()
+
+
+def test_write_private_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:
+    target = tmp_path / "key"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(OSError):
+        write_private(target, agent.key_text("k", os.urandom(32)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
