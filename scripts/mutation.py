@@ -4,6 +4,7 @@
     scripts/mutation.sh [TARGET...]        run (all targets by default), then report
     scripts/mutation.sh --report [TARGET...]  report on the last run only
     scripts/mutation.sh --retest [TARGET...]  only the last run's survivors again (new tests)
+    scripts/mutation.sh --resume [TARGET...]  the last run's pending mutants (interrupted)
     scripts/mutation.sh --list             the targets, their functions and tests
 
 A mutant is the code with one small change (``<`` for ``<=``, ``False`` for ``True``, a
@@ -315,9 +316,11 @@ def source_digest(name: str) -> str:
     return hashlib.sha256((REPO / TARGETS[name].source).read_bytes()).hexdigest()
 
 
-def run_target(name: str, count_only: bool = False, retest: bool = False) -> None:
+def run_target(
+    name: str, count_only: bool = False, retest: bool = False, resume: bool = False
+) -> None:
     """One target: a new session, or (retest) only the last run's survivors again, e.g.
-    after adding tests that should kill them."""
+    after adding tests that should kill them, or (resume) the last run's pending ones."""
     t = TARGETS[name]
     OUT.mkdir(parents=True, exist_ok=True)
     cfg = OUT / f"{name}.toml"
@@ -326,7 +329,7 @@ def run_target(name: str, count_only: bool = False, retest: bool = False) -> Non
     restore(name)
     if installed_file(t.source).read_bytes() != (REPO / t.source).read_bytes():
         raise SystemExit(f"mutation: the installed {t.source} is not this checkout's")
-    if retest:
+    if retest or resume:
         if not db.exists() or digest.read_text().strip() != source_digest(name):
             raise SystemExit(f"mutation: {t.source} changed since its last run: run it anew")
         if run_tests(name) != 0:
@@ -335,14 +338,14 @@ def run_target(name: str, count_only: bool = False, retest: bool = False) -> Non
         from cosmic_ray.work_item import TestOutcome
 
         with use_db(str(db)) as wdb:
-            again = [j for j, r in wdb.results if r.test_outcome == TestOutcome.SURVIVED]
+            again = [j for j, r in wdb.results if retest and r.test_outcome == TestOutcome.SURVIVED]
             with wdb._session_maker.begin() as session:  # no public API to reset results
                 from cosmic_ray.work_db import WorkResultStorage
 
                 session.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(again)).delete(
                     synchronize_session=False
                 )
-        print(f"mutation: {name}: {len(again)} survivors again")
+        print(f"mutation: {name}: {len(again)} survivors again, and the pending ones")
         try:
             cosmic("exec", str(cfg), str(db))
         finally:
@@ -498,6 +501,7 @@ def main() -> int:
     ap.add_argument("--report", action="store_true", help="report on the last run only")
     ap.add_argument("--count", action="store_true", help="count the mutants, run none")
     ap.add_argument("--retest", action="store_true", help="run the last run's survivors again")
+    ap.add_argument("--resume", action="store_true", help="run the last run's pending mutants")
     ap.add_argument("--test", metavar="TARGET", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.test:
@@ -520,7 +524,7 @@ def main() -> int:
     if not a.report:
         try:
             for n in names:
-                run_target(n, retest=a.retest)
+                run_target(n, retest=a.retest, resume=a.resume)
         finally:
             for n in names:
                 restore(n)

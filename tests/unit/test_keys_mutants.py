@@ -35,3 +35,30 @@ def test_write_private_leaves_no_temporary_file_when_it_fails(tmp_path: Path) ->
     with pytest.raises(OSError):
         write_private(target, agent.key_text("k", os.urandom(32)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_the_all_scope_allows_everything() -> None:
+    assert Scope("all", ()).allows(Target("anything", uuid="u"))
+
+
+def test_a_key_file_added_later_is_found(tmp_path: Path) -> None:
+    store = KeyStore(str(tmp_path), lambda msg: None)
+    assert store.get("late") is None
+    text = agent.key_text("late", os.urandom(32), {"domains": "vm1"})
+    write_private(tmp_path / "late.key", text)
+    found = store.get("late")
+    assert found is not None and found.scope == Scope("domains", ("vm1",))
+
+
+def test_write_private_creates_the_file_0600_from_the_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No window in which the key is readable by others: the file is created 0600 (the
+    chmod after it is only a second guard)."""
+    monkeypatch.setattr(os, "chmod", lambda path, mode: None)
+    old = os.umask(0)
+    try:
+        write_private(tmp_path / "k.key", agent.key_text("k", os.urandom(32)))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600

@@ -177,3 +177,42 @@ def test_a_failed_local_off_is_an_error_that_names_the_host(lab: Lab, key: Path)
     rc, out, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host1"]))
     assert rc == 1, out
     assert "host1: virDomainDestroy failed" in err
+
+
+def _recording_offs(lab: Lab, host: str) -> list[float]:
+    """Make host's backend record the timeout each off gets."""
+    backend = lab.listeners[host].backend
+    real = backend.off
+    seen: list[float] = []
+
+    def off(plug: str, timeout: float) -> Info:
+        seen.append(timeout)
+        return real(plug, timeout)  # type: ignore[no-any-return]
+
+    backend.off = off  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_request_timeout_is_clamped_to_at_least_a_second(lab: Lab, key: Path) -> None:
+    """dispatch: a timeout of 0 (or less) does not make the power-off give up at once."""
+    seen = _recording_offs(lab, "host1")
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": 0})
+    assert ans["body"]["status"] == "ok", ans
+    assert seen and min(seen) >= 1.0, seen
+
+
+def test_a_short_timeout_still_reaches_a_peer(lab: Lab, key: Path) -> None:
+    """_off_everywhere: the peer gets the operation's timeout plus a grace to answer,
+    never less than the operation itself."""
+    rc, out, err = run_agent(
+        agent_args(lab, key, "off", "guest3", hosts=["host1"], extra=["--power-timeout", "2"])
+    )
+    assert rc == 0, err
+    assert lab.world.offs == [("host3", "guest3")]
+
+
+def test_off_reports_how_soon_the_guest_was_frozen(lab: Lab, key: Path) -> None:
+    """_off_everywhere: the answer carries the earliest frozen_s the hosts reported."""
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest3", "timeout": 5})
+    assert ans["body"]["status"] == "ok"
+    assert ans["body"]["frozen_s"] == 0.001  # FakeBackend.off's figure
