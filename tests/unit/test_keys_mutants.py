@@ -62,3 +62,29 @@ def test_write_private_creates_the_file_0600_from_the_first_byte(
     finally:
         os.umask(old)
     assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_write_private_makes_missing_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "kvmha" / "fence" / "k.key"
+    write_private(path, agent.key_text("k", os.urandom(32)))
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_hosts_key_must_be_named_as_one(tmp_path: Path) -> None:
+    from kvmha.fence.agent import KeyFileError
+    from kvmha.fence.keys import load_host_key
+
+    good, bad = tmp_path / "hosts.key", tmp_path / "guest.key"
+    write_private(good, agent.key_text("@hosts", os.urandom(32)))
+    write_private(bad, agent.key_text("gc1", os.urandom(32)))
+    assert load_host_key(str(good)).name == "@hosts"
+    with pytest.raises(KeyFileError, match="must start with '@'"):
+        load_host_key(str(bad))
+
+
+def test_other_files_in_the_key_directory_do_not_hide_keys(tmp_path: Path) -> None:
+    (tmp_path / "00-README").write_text("not a key\n")
+    (tmp_path / ".gc0.key.tmp").write_text("half written\n")
+    write_private(tmp_path / "gc1.key", agent.key_text("gc1", os.urandom(32), {"tag": "t"}))
+    store = KeyStore(str(tmp_path), lambda msg: None)
+    assert [k.key.name for k in store.all()] == ["gc1"]

@@ -216,3 +216,11 @@ def test_off_reports_how_soon_the_guest_was_frozen(lab: Lab, key: Path) -> None:
     ans = _exchange(lab, key, {"action": "off", "plug": "guest3", "timeout": 5})
     assert ans["body"]["status"] == "ok"
     assert ans["body"]["frozen_s"] == 0.001  # FakeBackend.off's figure
+
+
+@pytest.mark.parametrize("timeout", ["5", True, None, [5]])
+def test_a_timeout_that_is_not_a_number_is_refused(lab: Lab, key: Path, timeout: Any) -> None:
+    """dispatch: only an int or a float is a timeout (a bool is not)."""
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": timeout})
+    assert ans["body"] == {"status": "error", "message": "bad timeout"}, ans
+    assert lab.world.offs == []
