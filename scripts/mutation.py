@@ -25,8 +25,8 @@ purpose. A survivor is either killed by a test (tests/unit/
 test_*_mutants.py) or listed, with the reason it is equivalent, in
 scripts/mutation-equivalent.tsv; any other survivor makes this script exit 1.
 
-Results: build/mutation/<target>.sqlite (cosmic-ray sessions), build/mutation/<target>.took
-(seconds) and build/mutation/report-<targets>.md.
+Results: build/mutation/<target>.sqlite (cosmic-ray sessions), <target>.py (the source it
+mutated), <target>.took (seconds) and report-<targets>.md.
 Run as root on a machine set up by scripts/setup.sh; on a shared development machine
 inside ``kvmha-dev run scripts/mutation.sh``.
 """
@@ -44,7 +44,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "build" / "mutation"
+# scripts/mutation.sh runs this from a snapshot of the worktree and keeps results in the
+# worktree's build/mutation
+OUT = Path(os.environ.get("KVMHA_MUTATION_OUT") or REPO / "build" / "mutation")
 EQUIVALENT = REPO / "scripts" / "mutation-equivalent.tsv"
 PYTEST = REPO / ".venv" / "bin" / "pytest"
 # per test-command run (a mutant that hangs the tests counts as killed when it runs out)
@@ -354,6 +356,7 @@ def run_target(
     cfg.write_text(config_text(name))
     db.unlink(missing_ok=True)
     digest.write_text(source_digest(name) + "\n")
+    (OUT / f"{name}.py").write_bytes((REPO / t.source).read_bytes())  # what was mutated
     t0 = time.monotonic()
     cosmic("init", str(cfg), str(db))
     keep, skipped = filter_session(name, db)
@@ -407,8 +410,10 @@ def survivors(name: str) -> tuple[dict[str, int], list[Survivor]]:
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     t = TARGETS[name]
-    src_lines = (REPO / t.source).read_text().splitlines()
-    ranges = function_ranges(REPO / t.source, t.functions)
+    mutated = OUT / f"{name}.py"  # the source as it was when the session began
+    src = mutated if mutated.exists() else REPO / t.source
+    src_lines = src.read_text().splitlines()
+    ranges = function_ranges(src, t.functions)
     eq = load_equivalents()
     counts = {
         "mutants": 0,
