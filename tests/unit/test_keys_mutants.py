@@ -85,6 +85,10 @@ def test_the_hosts_key_must_be_named_as_one(tmp_path: Path) -> None:
 def test_other_files_in_the_key_directory_do_not_hide_keys(tmp_path: Path) -> None:
     (tmp_path / "00-README").write_text("not a key\n")
     (tmp_path / ".gc0.key.tmp").write_text("half written\n")
+    # a hidden file named like a key: an editor's or a half-done install's, never loaded
+    write_private(tmp_path / ".gc2.key", agent.key_text("gc2", os.urandom(32), {"tag": "t"}))
     write_private(tmp_path / "gc1.key", agent.key_text("gc1", os.urandom(32), {"tag": "t"}))
-    store = KeyStore(str(tmp_path), lambda msg: None)
+    warnings: list[str] = []
+    store = KeyStore(str(tmp_path), warnings.append)
     assert [k.key.name for k in store.all()] == ["gc1"]
+    assert store.problems() == {} and warnings == []
