@@ -92,3 +92,34 @@ def test_other_files_in_the_key_directory_do_not_hide_keys(tmp_path: Path) -> No
     store = KeyStore(str(tmp_path), warnings.append)
     assert [k.key.name for k in store.all()] == ["gc1"]
     assert store.problems() == {} and warnings == []
+
+
+def test_an_unknown_scope_kind_allows_nothing() -> None:
+    assert not Scope("bogus", ("vm1",)).allows(Target("vm1"))
+
+
+def test_a_forced_reload_sees_a_key_rewritten_in_place(tmp_path: Path) -> None:
+    """reload(force=True) rereads even when the directory looks unchanged (a file
+    rewritten in place does not change the directory's mtime)."""
+    path = tmp_path / "gc1.key"
+    write_private(path, agent.key_text("gc1", b"\x01" * 32, {"tag": "t"}))
+    store = KeyStore(str(tmp_path), lambda msg: None)
+    assert store.get("gc1").key.secret == b"\x01" * 32  # type: ignore[union-attr]
+    stamp = os.stat(tmp_path).st_mtime_ns
+    with open(path, "w") as f:  # in place: same inode, same directory
+        f.write(agent.key_text("gc1", b"\x02" * 32, {"tag": "t"}))
+    assert os.stat(tmp_path).st_mtime_ns == stamp
+    store.reload(force=True)
+    assert store.get("gc1").key.secret == b"\x02" * 32  # type: ignore[union-attr]
+
+
+def test_write_private_never_writes_through_a_planted_temporary_file(tmp_path: Path) -> None:
+    """O_EXCL: a symlink planted at the temporary name is not followed."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    planted = tmp_path / f".k.key.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        write_private(tmp_path / "k.key", agent.key_text("k", os.urandom(32)))
+    assert victim.read_text() == "untouched\n"
+    assert not (tmp_path / "k.key").exists()

@@ -193,12 +193,16 @@ def _recording_offs(lab: Lab, host: str) -> list[float]:
     return seen
 
 
-def test_a_request_timeout_is_clamped_to_at_least_a_second(lab: Lab, key: Path) -> None:
-    """dispatch: a timeout of 0 (or less) does not make the power-off give up at once."""
+@pytest.mark.parametrize(("asked", "used"), [(0, 1.0), (-5, 1.0), (1.5, 1.5), (7, 7.0)])
+def test_a_request_timeout_is_clamped_to_at_least_a_second(
+    lab: Lab, key: Path, asked: float, used: float
+) -> None:
+    """dispatch: a timeout under a second (or negative) does not make the power-off give
+    up at once; one above it is passed on as it is."""
     seen = _recording_offs(lab, "host1")
-    ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": 0})
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": asked})
     assert ans["body"]["status"] == "ok", ans
-    assert seen and min(seen) >= 1.0, seen
+    assert seen and set(seen) == {used}, seen
 
 
 def test_a_short_timeout_still_reaches_a_peer(lab: Lab, key: Path) -> None:
@@ -224,3 +228,79 @@ def test_a_timeout_that_is_not_a_number_is_refused(lab: Lab, key: Path, timeout:
     ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": timeout})
     assert ans["body"] == {"status": "error", "message": "bad timeout"}, ans
     assert lab.world.offs == []
+
+
+def test_an_internal_error_is_refused_with_its_reason_and_the_listener_goes_on(
+    lab: Lab, key: Path
+) -> None:
+    """handle: an unexpected exception becomes a refusal ("internal error"), logged; the
+    listener keeps serving."""
+    backend = lab.listeners["host1"].backend
+    real = backend.info
+
+    def broken(plug: str) -> Optional[Info]:
+        raise RuntimeError("bug in a backend")
+
+    backend.info = broken  # type: ignore[method-assign]
+    ans = _exchange(lab, key, {"action": "status", "plug": "guest1", "timeout": 5})
+    assert ans["type"] == "refused" and "internal error: bug in a backend" in ans["reason"]
+    backend.info = real  # type: ignore[method-assign]
+    rc, out, _ = run_agent(agent_args(lab, key, "status", "guest1", hosts=["host1"]))
+    assert (rc, out.strip()) == (0, "Status: ON")
+
+
+def test_a_hello_of_another_protocol_version_is_refused(lab: Lab, key: Path) -> None:
+    import socket
+    import time
+
+    from kvmha.fence import agent
+
+    with socket.create_connection(("127.0.0.1", lab.ports["host1"])) as s:
+        hello = {"type": "hello", "proto": "kvmha-fence/0", "key": "gc1", "nc": "00" * 32}
+        agent.send_frame(s, hello, time.monotonic() + 5)
+        ans = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+    assert ans == {"type": "refused", "reason": "not a kvmha-fence/1 hello"}
+    assert any(
+        e["result"] == "refused" and e["detail"] == "not a kvmha-fence/1 hello"
+        for e in lab.audit_lines("host1")
+    )
+
+
+def test_a_plug_of_the_longest_allowed_length_is_accepted(lab: Lab, key: Path) -> None:
+    from kvmha.fence.listener import MAX_PLUG
+
+    ans = _exchange(lab, key, {"action": "status", "plug": "g" * MAX_PLUG, "timeout": 5})
+    assert ans["body"].get("message") != "bad plug", ans
+    ans = _exchange(lab, key, {"action": "status", "plug": "g" * (MAX_PLUG + 1), "timeout": 5})
+    assert ans["body"].get("message") == "bad plug", ans
+
+
+def test_a_host_cluster_error_is_an_error_answer_that_says_so(lab: Lab, key: Path) -> None:
+    """dispatch: the host cluster's errors become an error answer naming it, never a
+    success and never an internal error."""
+    from kvmha.fence.cluster import ClusterError
+
+    def down() -> None:
+        raise ClusterError("crm_mon: connection refused")
+
+    lab.add_key("wide", Scope("domains", ("ghost",)))
+    lab.cluster.status = down  # type: ignore[assignment,method-assign]
+    ans = _exchange(lab, lab.tmp / "wide.guest.key", {"action": "off", "plug": "ghost"})
+    assert ans["body"] == {
+        "status": "error",
+        "message": "host cluster: crm_mon: connection refused",
+    }, ans
+
+
+def test_a_host_request_whose_libvirt_fails_is_an_error_answer(lab: Lab, key: Path) -> None:
+    """dispatch: a backend error in a host-to-host request is answered as an error."""
+    from kvmha.fence import agent
+    from kvmha.fence.keys import write_private
+
+    from .test_fence_fakes import HOST_KEY
+
+    hk = lab.tmp / "hosts.key"
+    write_private(hk, agent.key_text(HOST_KEY.name, HOST_KEY.secret))
+    lab.world.down.add("host1")
+    ans = _exchange(lab, hk, {"action": "locate", "plug": "guest1"})
+    assert ans["body"] == {"status": "error", "message": "libvirt on host1 is down"}, ans
