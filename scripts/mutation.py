@@ -334,6 +334,7 @@ def run_target(
     if retest or resume:
         if not db.exists() or digest.read_text().strip() != source_digest(name):
             raise SystemExit(f"mutation: {t.source} changed since its last run: run it anew")
+        cfg.write_text(config_text(name))  # this run's paths (a snapshot of its own)
         if run_tests(name) != 0:
             raise SystemExit(f"mutation: {name}: the tests fail without a mutant")
         from cosmic_ray.work_db import use_db
