@@ -1,23 +1,26 @@
-"""What the listener asks the host cluster: managed guests, where they run, fenced hosts.
+"""What the listener asks the host cluster: managed guests, where they run, fenced hosts,
+member hosts.
 
-Read with Pacemaker's own tools (``cibadmin -Q``, ``crm_mon --output-as=xml``) and
-cached briefly; written with ``crm_resource`` (target-role), never by editing XML.
+All of it through ``kvmha.pcmk`` (the one module that runs the cluster tools, with its
+caches); this module only turns the cluster's records into the listener's terms: a
+managed guest's domain name and UUID (from its domain XML), and when each host's power
+was last cut by the host cluster's fencer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
-import time
 import xml.etree.ElementTree as ET
 from typing import Optional, Protocol
 
+from kvmha import pcmk
 from kvmha.errors import KvmhaError
-from kvmha.process import clean_env, run
 
 GUEST_AGENTS = {("kvmha", "Guest"), ("heartbeat", "VirtualDomain")}
 DC_META = "kvmha-dc"
+
+ClusterError = KvmhaError  # what the host cluster's calls raise (message and fix kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,18 @@ class Status:
     nodes: dict[str, NodeInfo]
     placement: dict[str, tuple[str, ...]]  # resource id -> nodes where it is active
     fenced: frozenset[str]  # nodes with a successful off/reboot in the fence history
+    fenced_at: dict[str, float] = dataclasses.field(default_factory=dict)  # node -> last, Unix
+
+    def fenced_after(self, node: str, t: Optional[float]) -> bool:
+        """node's power was cut by the fencer after Unix time t (any time, when t is None),
+        and the node is cleanly offline since (not online again, not awaiting fencing)."""
+        info = self.nodes.get(node)
+        if info is None or info.online or info.unclean:
+            return False
+        at = self.fenced_at.get(node)
+        if at is None:
+            return False
+        return t is None or at > t
 
 
 class HostCluster(Protocol):
@@ -47,11 +62,9 @@ class HostCluster(Protocol):
 
     def status(self) -> Optional[Status]: ...
 
+    def hosts(self) -> dict[str, str]: ...
+
     def set_target_role(self, rid: str, role: str) -> None: ...
-
-
-class ClusterError(Exception):
-    pass
 
 
 def find_guest(cluster: HostCluster, name: str, uuid: str = "") -> Optional[ManagedGuest]:
@@ -93,128 +106,56 @@ def _domain_identity(path: str, cache: dict[str, tuple[float, str, str]]) -> tup
     return name, uuid
 
 
-def _nv(el: Optional[ET.Element], tag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if el is None:
-        return out
-    for nvs in el.findall(tag):
-        for nv in nvs.findall("nvpair"):
-            out[nv.get("name", "")] = nv.get("value", "")
-    return out
+def guests_of(
+    conf: ET.Element, xml_cache: dict[str, tuple[float, str, str]]
+) -> dict[str, ManagedGuest]:
+    guests: dict[str, ManagedGuest] = {}
+    for p in pcmk.guest_primitives(conf, GUEST_AGENTS):
+        name, uuid = _domain_identity(p.params.get("config", ""), xml_cache)
+        name = name or p.id
+        guests[name] = ManagedGuest(p.id, name, uuid, p.tags, p.meta.get(DC_META))
+    return guests
 
 
 def parse_configuration(
     xml_text: str, xml_cache: dict[str, tuple[float, str, str]]
 ) -> dict[str, ManagedGuest]:
-    root = ET.fromstring(xml_text)
-    conf = root if root.tag == "configuration" else root.find(".//configuration")
-    if conf is None:
-        return {}
-    tags: dict[str, set[str]] = {}
-    for tag in conf.iterfind("tags/tag"):
-        for ref in tag.iterfind("obj_ref"):
-            tags.setdefault(ref.get("id", ""), set()).add(tag.get("id", ""))
-    parents: dict[str, str] = {}
-    res = conf.find("resources")
-    if res is None:
-        return {}
-    for parent in res.iter():
-        if parent.tag in ("group", "clone", "master", "bundle"):
-            for child in parent.iter("primitive"):
-                parents[child.get("id", "")] = parent.get("id", "")
-    guests: dict[str, ManagedGuest] = {}
-    for prim in res.iter("primitive"):
-        if (prim.get("provider", ""), prim.get("type", "")) not in GUEST_AGENTS:
-            continue
-        rid = prim.get("id", "")
-        params = _nv(prim, "instance_attributes")
-        meta = _nv(prim, "meta_attributes")
-        name, uuid = _domain_identity(params.get("config", ""), xml_cache)
-        name = name or rid
-        mytags = set(tags.get(rid, set()))
-        if rid in parents:
-            mytags |= tags.get(parents[rid], set())
-        guests[name] = ManagedGuest(rid, name, uuid, frozenset(mytags), meta.get(DC_META))
-    return guests
+    return guests_of(ET.fromstring(xml_text), xml_cache)
+
+
+def status_of(st: pcmk.ClusterState) -> Status:
+    nodes = {n: NodeInfo(s.online, s.unclean) for n, s in st.nodes.items()}
+    fenced_at = {n: t for n in {e.target for e in st.fencing} if (t := st.last_fenced(n))}
+    fenced = frozenset(e.target for e in st.fencing if e.powered_off)
+    return Status(nodes, st.placement(), fenced, fenced_at)
 
 
 def parse_status(xml_text: str) -> Status:
-    root = ET.fromstring(xml_text)
-    nodes = {
-        n.get("name", ""): NodeInfo(n.get("online") == "true", n.get("unclean") == "true")
-        for n in root.iterfind("nodes/node")
-    }
-    placement: dict[str, tuple[str, ...]] = {}
-    for r in root.iter("resource"):
-        if r.get("active") == "true":
-            placement[r.get("id", "")] = tuple(x.get("name", "") for x in r.iterfind("node"))
-    fenced = frozenset(
-        e.get("target", "")
-        for e in root.iterfind("fence_history/fence_event")
-        if e.get("status") == "success" and e.get("action") in ("off", "reboot")
-    )
-    return Status(nodes, placement, fenced)
+    return status_of(pcmk.parse_crm_mon(xml_text))
 
 
 class PacemakerCluster:
-    """The local host cluster through its command-line tools, with short caches."""
+    """The local host cluster through kvmha.pcmk, with its short caches."""
 
     def __init__(self, cib_ttl: float = 5.0, status_ttl: float = 1.0) -> None:
-        self.cib_ttl = cib_ttl
-        self.status_ttl = status_ttl
-        self._lock = threading.Lock()
-        self._guests: tuple[float, dict[str, ManagedGuest]] = (-1e9, {})
-        self._status: tuple[float, Optional[Status]] = (-1e9, None)
+        self.pcmk = pcmk.CachedCluster(cib_ttl, status_ttl)
         self._xml_cache: dict[str, tuple[float, str, str]] = {}
-
-    def _run(self, argv: list[str], timeout: float = 15.0) -> str:
-        try:
-            r = run(argv, timeout=timeout, check=False, env=clean_env())
-        except KvmhaError as exc:
-            raise ClusterError(str(exc)) from exc
-        if r.returncode != 0:
-            raise ClusterError(f"{argv[0]} failed ({r.returncode}): {r.stderr.strip()[:200]}")
-        return r.stdout
+        self._guests: tuple[Optional[ET.Element], dict[str, ManagedGuest]] = (None, {})
 
     def guests(self) -> dict[str, ManagedGuest]:
-        with self._lock:
-            at, cached = self._guests
-            if time.monotonic() - at < self.cib_ttl:
-                return cached
-            try:
-                text = self._run(["cibadmin", "-Q", "-o", "configuration"])
-                cached = parse_configuration(text, self._xml_cache)
-            except (ClusterError, ET.ParseError):
-                return cached  # the last known configuration beats none
-            self._guests = (time.monotonic(), cached)
-            return cached
+        conf = self.pcmk.configuration()
+        if conf is None:
+            return {}
+        if self._guests[0] is not conf:
+            self._guests = (conf, guests_of(conf, self._xml_cache))
+        return self._guests[1]
 
     def status(self) -> Optional[Status]:
-        with self._lock:
-            at, cached = self._status
-            if time.monotonic() - at < self.status_ttl:
-                return cached
-            try:
-                text = self._run(["crm_mon", "-1", "--output-as=xml", "--include=fencing"])
-                cached = parse_status(text)
-            except (ClusterError, ET.ParseError):
-                cached = None
-            self._status = (time.monotonic(), cached)
-            return cached
+        st = self.pcmk.state()
+        return status_of(st) if st is not None else None
+
+    def hosts(self) -> dict[str, str]:
+        return self.pcmk.hosts()
 
     def set_target_role(self, rid: str, role: str) -> None:
-        self._run(
-            [
-                "crm_resource",
-                "--resource",
-                rid,
-                "--meta",
-                "--set-parameter",
-                "target-role",
-                "--parameter-value",
-                role,
-            ],
-            timeout=30,
-        )
-        with self._lock:
-            self._status = (-1e9, self._status[1])
+        self.pcmk.set_target_role(rid, role)

@@ -31,9 +31,12 @@ import concurrent.futures
 import configparser
 import contextlib
 import dataclasses
+import difflib
 import hmac
 import json
+import math
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -43,10 +46,10 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from kvmha.errors import KvmhaError
 from kvmha.fence import agent as proto
 from kvmha.fence.audit import Audit
 from kvmha.fence.cluster import (
-    ClusterError,
     HostCluster,
     ManagedGuest,
     PacemakerCluster,
@@ -68,6 +71,8 @@ DEFAULT_CONFIG = "/etc/kvmha/fence/listener.conf"
 GUEST_ACTIONS = ("on", "off", "reboot", "status", "list", "monitor")
 HOST_ACTIONS = ("locate", "local-off", "local-on", "local-list", "install-key", "keys")
 MAX_PLUG = 256
+# libvirt domain names as kvmha and virt-install make them, or a UUID (with or without dashes)
+PLUG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:@-]{0,255}\Z")
 MAX_TIMEOUT = 300.0
 REPLAY_MEMORY = 100_000
 ALL = Scope("all", ())
@@ -87,44 +92,162 @@ class Config:
     syslog: bool = True
     use_cluster: bool = True
     peers: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
-    max_connections: int = 256
-    max_per_source: int = 64
-    handshake_timeout: float = 5.0
+    max_connections: int = 256  # clients that have not authenticated (yet)
+    max_per_source: int = 16  # of those, from one address
+    peer_slots: int = 64  # reserved for authenticated exchanges: a flood cannot take them
+    handshake_timeout: float = 5.0  # whole hello..request exchange
+    frame_timeout: float = 2.0  # each frame of a client not yet authenticated
     peer_timeout: float = 3.0
     survey_interval: float = 10.0
 
     @classmethod
     def load(cls, path: str) -> Config:
+        """Read listener.conf; ConfigError (with the line and the fix) on any mistake."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {path}: {exc.strerror}",
+                "create it (kvmha fence setup writes it) or pass --config",
+            ) from exc
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text: str, path: str = "listener.conf") -> Config:
         cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
         cp.optionxform = str  # type: ignore[assignment,method-assign]  # host names keep case
         try:
-            with open(path, encoding="utf-8") as f:
-                cp.read_file(f)
-        except OSError as exc:
-            raise SystemExit(f"kvmha-fence-listener: cannot read {path}: {exc.strerror}") from exc
+            cp.read_string(text, path)
         except configparser.Error as exc:
-            raise SystemExit(f"kvmha-fence-listener: {path}: {exc}") from exc
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: {first}", FIX_SYNTAX) from exc
+        for section in cp.sections():
+            if section not in ("listener", "peers"):
+                raise ConfigError(
+                    f"{path}:{_line_of(text, section, None)}: unknown section [{section}]",
+                    "the sections are [listener] and [peers]",
+                )
         sec = cp["listener"] if cp.has_section("listener") else cp["DEFAULT"]
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "peers"}
+        for name in sec:
+            if name not in known:
+                near = difflib.get_close_matches(name, known, 1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ConfigError(
+                    f"{path}:{_line_of(text, 'listener', name)}: unknown setting {name!r}",
+                    f"{hint}the settings are: {', '.join(known)}",
+                )
         cfg = cls(host=sec.get("host", socket.gethostname().split(".")[0]))
-        try:
-            for fld in dataclasses.fields(cls):
-                if fld.name in ("host", "peers") or fld.name not in sec:
-                    continue
-                raw = sec.get(fld.name, "")
-                if fld.name in ("port", "max_connections", "max_per_source"):
-                    setattr(cfg, fld.name, int(raw))
-                elif fld.name in ("handshake_timeout", "peer_timeout", "survey_interval"):
-                    setattr(cfg, fld.name, float(raw))
-                elif fld.name in ("syslog", "use_cluster"):
-                    setattr(cfg, fld.name, sec.getboolean(fld.name))
-                else:
-                    setattr(cfg, fld.name, raw or None)
-            if cp.has_section("peers"):
-                for name, addr in cp["peers"].items():
+        for fld in known.values():
+            if fld.name not in sec:
+                continue
+            raw = sec.get(fld.name, "").strip()
+            where = f"{path}:{_line_of(text, 'listener', fld.name)}"
+            try:
+                setattr(cfg, fld.name, _config_value(fld.name, raw))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}: {fld.name} = {raw!r}: {exc}", FIELD_FIX[fld.name]
+                ) from exc
+        if not cfg.host or not HOST_NAME_RE.match(cfg.host):
+            raise ConfigError(f"{path}: host = {cfg.host!r} is not a node name", FIELD_FIX["host"])
+        if cp.has_section("peers"):
+            for name, addr in cp["peers"].items():
+                try:
+                    if not HOST_NAME_RE.match(name):
+                        raise ValueError("not a node name")
                     cfg.peers[name] = parse_address(addr, cfg.port)
-        except ValueError as exc:
-            raise SystemExit(f"kvmha-fence-listener: {path}: {exc}") from exc
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"{path}:{_line_of(text, 'peers', name)}: peer {name} = {addr!r}: {exc}",
+                        "write NODE = ADDRESS or NODE = ADDRESS:PORT, one per host",
+                    ) from exc
         return cfg
+
+
+class ConfigError(KvmhaError):
+    """listener.conf cannot be used: the message names the line, the fix what to write."""
+
+
+FIX_SYNTAX = "write INI: [listener] with 'name = value' lines, [peers] with 'node = address'"
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+INT_FIELDS = {
+    "port": (0, 65535),
+    "max_connections": (1, 100_000),
+    "max_per_source": (1, 100_000),
+    "peer_slots": (1, 10_000),
+}
+FLOAT_FIELDS = {
+    "handshake_timeout": (0.1, 600.0),
+    "peer_timeout": (0.1, 600.0),
+    "survey_interval": (0.5, 86400.0),
+    "frame_timeout": (0.1, 600.0),
+}
+BOOL_FIELDS = ("syslog", "use_cluster")
+BOOLS = {
+    "1": True,
+    "yes": True,
+    "true": True,
+    "on": True,
+    "0": False,
+    "no": False,
+    "false": False,
+    "off": False,
+}
+FIELD_FIX = {
+    "host": "host = this host's node name in the host cluster (crm_node -n)",
+    "listen": "listen = an IP address of this host (0.0.0.0 for all)",
+    "port": "port = a TCP port, 1-65535 (0: any free port, for tests)",
+    "libvirt_uri": "libvirt_uri = qemu:///system",
+    "keys_dir": "keys_dir = a directory of NAME.key files",
+    "host_key": "host_key = the hosts' key file",
+    "audit_log": "audit_log = a file path (empty: no file)",
+    "state_file": "state_file = a file path (empty: none)",
+    "syslog": "syslog = yes or no",
+    "use_cluster": "use_cluster = yes or no",
+    **{k: f"{k} = a whole number from {lo} to {hi}" for k, (lo, hi) in INT_FIELDS.items()},
+    **{k: f"{k} = seconds, from {lo} to {hi}" for k, (lo, hi) in FLOAT_FIELDS.items()},
+}
+
+
+def _config_value(name: str, raw: str) -> Any:
+    if name in INT_FIELDS:
+        lo, hi = INT_FIELDS[name]
+        if not re.fullmatch(r"[0-9]{1,7}", raw) or not lo <= int(raw) <= hi:
+            raise ValueError(f"not a whole number from {lo} to {hi}")
+        return int(raw)
+    if name in FLOAT_FIELDS:
+        lo_f, hi_f = FLOAT_FIELDS[name]
+        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw) or not lo_f <= float(raw) <= hi_f:
+            raise ValueError(f"not a number of seconds from {lo_f} to {hi_f}")
+        return float(raw)
+    if name in BOOL_FIELDS:
+        if raw.lower() not in BOOLS:
+            raise ValueError("not yes or no")
+        return BOOLS[raw.lower()]
+    if name == "host":
+        return raw
+    return raw or None
+
+
+def _line_of(text: str, section: str, key: Optional[str]) -> int:
+    """The line number of key in [section] (of the section header when key is None)."""
+    current = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if s.startswith("[") and "]" in s:
+            current = s[1 : s.index("]")].strip()
+            if key is None and current == section:
+                return n
+            continue
+        if (
+            key is not None
+            and current in (section, "")
+            and re.match(re.escape(key) + r"\s*[=:]", s)
+        ):
+            return n
+    return 0
 
 
 def parse_address(addr: str, default_port: int) -> tuple[str, int]:
@@ -149,12 +272,54 @@ def config_text(cfg: Config) -> str:
         lines.append(f"{f.name} = {'' if v is None else v}")
     lines.append("[peers]")
     for name, (host, port) in sorted(cfg.peers.items()):
-        lines.append(f"{name} = {host}:{port}")
+        lines.append(f"{name} = [{host}]:{port}" if ":" in host else f"{name} = {host}:{port}")
     return "\n".join(lines) + "\n"
 
 
 class Refusal(Exception):
-    """Refuse the exchange (unauthenticated): logged, and the connection closed."""
+    """Refuse the exchange (unauthenticated): logged, and the connection closed.
+
+    code is a stable problem code (tests and log readers match it, see PROBLEMS);
+    reason the text sent to the client, detail what only the audit log gets.
+    """
+
+    def __init__(self, code: str, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.detail = detail
+
+
+# Stable problem codes: in every refusal frame and error answer ("code"), and the audit log.
+PROBLEMS = {
+    "busy": "too many connections (in all, or from this address)",
+    "bad-frame": "not a kvmha-fence/1 frame (size, JSON, nesting, deadline)",
+    "bad-hello": "the first frame is not a kvmha-fence/1 hello with a valid key name and nonce",
+    "bad-request": "the second frame is not a request",
+    "bad-auth": "unknown key or wrong MAC (one answer for both: no oracle for key names)",
+    "replayed": "a request MAC seen before",
+    "internal-error": "a bug: the listener's log has the traceback",
+    "unknown-action": "an action this key may not ask for",
+    "bad-plug": "a plug that is neither a libvirt domain name nor a UUID",
+    "bad-number": "a timeout that is not a finite number",
+    "no-plug": "the action needs a plug",
+    "out-of-scope": "the key may not act on this domain",
+    "unknown-domain": "no host knows the domain, and nothing proves it off",
+    "ambiguous-name": "the name belongs to domains with different UUIDs: name the UUID",
+    "host-unconfirmed": "a host could not be asked and is not recorded as fenced since",
+    "managed-active": "the host cluster still shows the managed guest active",
+    "libvirt-error": "libvirt failed on the host that owns the domain",
+    "cluster-error": "the host cluster could not be asked or changed",
+    "off-failed": "a host could not confirm the domain off",
+    "on-failed": "the domain could not be started",
+    "key-install-failed": "a key could not be installed",
+}
+
+
+def problem(code: str, message: str, status: str = "error", **extra: Any) -> Json:
+    """An error answer with its stable problem code."""
+    assert code in PROBLEMS, code
+    return {"status": status, "code": code, "message": message, **extra}
 
 
 @dataclasses.dataclass
@@ -304,7 +469,7 @@ class Listener:
         t0 = time.monotonic()
         why = self._admit(peer)
         if why is not None:
-            self._refuse(sock, peer, None, why, t0)
+            self._refuse(sock, peer, None, Refusal("busy", why), t0)
             return
         key_name: Optional[str] = None
         try:
@@ -312,27 +477,36 @@ class Listener:
             deadline = t0 + self.cfg.handshake_timeout
             hello = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, deadline)
             if hello.get("type") != "hello" or hello.get("proto") != proto.PROTOCOL:
-                raise Refusal("not a kvmha-fence/1 hello")
+                raise Refusal("bad-hello", "not a kvmha-fence/1 hello")
             name = hello.get("key")
             if not isinstance(name, str) or not proto.KEY_NAME_RE.match(name):
-                raise Refusal("bad key name in hello")
+                raise Refusal("bad-hello", "bad key name in hello")
             key_name = name
-            nc = proto.hex_field(hello, "nc", proto.NONCE_BYTES)
+            try:
+                nc = proto.hex_field(hello, "nc", proto.NONCE_BYTES)
+            except proto.ProtocolError as exc:
+                raise Refusal("bad-hello", str(exc)) from exc
             secret, scope, is_host = self._key_for(name)
             ns = os.urandom(proto.NONCE_BYTES)
             proto.send_frame(sock, {"type": "challenge", "ns": ns.hex()}, deadline)
             req = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, deadline)
             if req.get("type") != "request" or not isinstance(req.get("body"), dict):
-                raise Refusal("not a request")
-            mac = proto.hex_field(req, "mac", 32)
+                raise Refusal("bad-request", "not a request")
+            try:
+                mac = proto.hex_field(req, "mac", 32)
+            except proto.ProtocolError as exc:
+                raise Refusal("bad-request", str(exc)) from exc
             body: Json = req["body"]
             want = proto.client_mac(secret or b"\0" * 32, name, nc, ns, body)
             if secret is None or not hmac.compare_digest(mac, want):
                 if self._mac_seen(mac):
-                    raise Refusal("replayed request")
-                if secret is None:
-                    raise Refusal(f"unknown key {name!r}")
-                raise Refusal("authentication failed (wrong key or replayed exchange)")
+                    raise Refusal("replayed", "replayed request")
+                # the same answer for an unknown key and a wrong MAC; the log tells them apart
+                raise Refusal(
+                    "bad-auth",
+                    "authentication failed (unknown key, wrong key or replayed exchange)",
+                    "unknown key" if secret is None else "wrong MAC",
+                )
             self._remember_mac(mac)
             ctx = Ctx(name, scope, peer, is_host)
             answer = self.dispatch(ctx, body)
@@ -346,11 +520,15 @@ class Listener:
                 )
             except proto.ProtocolError as exc:
                 self.audit.warning(f"answer to {peer} not delivered: {exc}")
-        except (Refusal, proto.ProtocolError) as exc:
-            self._refuse(sock, peer, key_name, str(exc), t0)
+        except Refusal as exc:
+            self._refuse(sock, peer, key_name, exc, t0)
+        except proto.ProtocolError as exc:
+            self._refuse(sock, peer, key_name, Refusal("bad-frame", str(exc)), t0)
         except Exception as exc:  # never let one request take the listener down
             self.audit.warning(f"internal error serving {peer}: {traceback.format_exc()}")
-            self._refuse(sock, peer, key_name, f"internal error: {exc}", t0)
+            self._refuse(
+                sock, peer, key_name, Refusal("internal-error", f"internal error: {exc}"), t0
+            )
         finally:
             self._release(peer)
 
@@ -365,17 +543,19 @@ class Listener:
         return sk.key.secret, sk.scope, False
 
     def _refuse(
-        self, sock: socket.socket, peer: str, key: Optional[str], reason: str, t0: float
+        self, sock: socket.socket, peer: str, key: Optional[str], why: Refusal, t0: float
     ) -> None:
         self.audit.event(
             peer=peer,
             key=key,
             result="refused",
-            detail=reason,
+            code=why.code,
+            detail=why.reason + (f" ({why.detail})" if why.detail else ""),
             ms=round((time.monotonic() - t0) * 1000, 1),
         )
+        frame = {"type": "refused", "code": why.code, "reason": why.reason}
         with contextlib.suppress(proto.ProtocolError):
-            proto.send_frame(sock, {"type": "refused", "reason": reason}, time.monotonic() + 1)
+            proto.send_frame(sock, frame, time.monotonic() + 1)
 
     def _audit(self, ctx: Ctx, body: Json, answer: Json, t0: float) -> None:
         action = body.get("action")
@@ -400,28 +580,32 @@ class Listener:
         action = body.get("action")
         allowed = GUEST_ACTIONS + (HOST_ACTIONS if ctx.is_host else ())
         if not isinstance(action, str) or action not in allowed:
-            return {"status": "error", "message": f"unknown action {str(action)[:40]!r}"}
+            return problem("unknown-action", f"unknown action {str(action)[:40]!r}")
         plug = body.get("plug", "")
-        if not isinstance(plug, str) or len(plug) > MAX_PLUG or any(ord(c) < 32 for c in plug):
-            return {"status": "error", "message": "bad plug"}
+        if not isinstance(plug, str) or (plug and not PLUG_RE.match(plug)):
+            return problem("bad-plug", "bad plug: a libvirt domain name or a UUID is expected")
         timeout = body.get("timeout", 20.0)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-            return {"status": "error", "message": "bad timeout"}
+        if (
+            not isinstance(timeout, (int, float))
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+        ):
+            return problem("bad-number", "bad timeout: a finite number of seconds is expected")
         timeout = min(max(float(timeout), 1.0), MAX_TIMEOUT)
         origin = body.get("origin")
         if ctx.is_host and isinstance(origin, str):
             ctx.origin = origin[:200]
         if action in ("on", "off", "reboot", "status") and not plug:
-            return {"status": "error", "message": f"{action} needs a plug"}
+            return problem("no-plug", f"{action} needs a plug")
         try:
             handler: Callable[[Ctx, str, float, Json], Json] = getattr(
                 self, "do_" + action.replace("-", "_")
             )
             return handler(ctx, plug, timeout, body)
         except BackendError as exc:
-            return {"status": "error", "message": str(exc)}
-        except ClusterError as exc:
-            return {"status": "error", "message": f"host cluster: {exc}"}
+            return problem("libvirt-error", str(exc))
+        except KvmhaError as exc:
+            return problem("cluster-error", f"host cluster: {exc}")
 
     # host-to-host: this host's libvirt only
     def do_locate(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
@@ -467,7 +651,7 @@ class Listener:
             secret = wrap_secret(self.host_key.secret, nonce, bytes.fromhex(str(body["wrapped"])))
             path = self.keys.install(name, secret, scope)
         except (KeyError, TypeError, ValueError, KeyFileError, OSError) as exc:
-            return {"status": "error", "message": f"cannot install the key: {exc}"}
+            return problem("key-install-failed", f"cannot install the key: {exc}")
         return {"status": "ok", "message": f"installed {path}"}
 
     def do_keys(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
@@ -545,23 +729,27 @@ class Listener:
         tgt, managed = self.target(plug, sv)
         if not ctx.scope.allows(tgt):
             msg = f"key {ctx.key!r} may not {action} {plug!r} (scope {ctx.scope.describe()})"
-            return tgt, managed, sv, {"status": "denied", "message": msg}
+            return tgt, managed, sv, problem("out-of-scope", msg, "denied")
         return tgt, managed, sv, None
 
     def _off_certain(
         self, tgt: Target, managed: Optional[ManagedGuest], sv: Survey
-    ) -> Optional[str]:
-        """None when 'off' is the truth; otherwise why it cannot be said."""
+    ) -> Optional[Json]:
+        """None when 'off' is the truth; otherwise the error answer saying why not."""
         st = self.cluster.status() if self.cluster is not None else None
         for host, why in sorted(sv.unreachable.items()):
             if not node_fenced(st, host):
-                return f"{host} does not answer ({why}) and is not recorded as fenced"
+                return problem(
+                    "host-unconfirmed",
+                    f"{host} does not answer ({why}) and is not recorded as fenced",
+                    hosts=[host],
+                )
         if sv.found or managed is not None:
             return None
         last = sv.last_host()
         if last is not None and st is not None and last in st.fenced:
             return None
-        return f"no host knows domain {tgt.name!r}"
+        return problem("unknown-domain", f"no host knows domain {tgt.name!r}")
 
     def do_status(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         tgt, managed, sv, denied = self._authorize(ctx, "status", plug)
@@ -572,7 +760,7 @@ class Listener:
             return {"status": "ok", "state": "on", "hosts": active}
         why = self._off_certain(tgt, managed, sv)
         if why:
-            return {"status": "error", "message": why}
+            return why
         return {"status": "ok", "state": "off"}
 
     def _early_local_off(
@@ -631,7 +819,7 @@ class Listener:
             elif ans.get("frozen_s") is not None:
                 frozen.append(float(ans["frozen_s"]))
         if errors:
-            return {"status": "error", "message": "; ".join(errors)}
+            return problem("off-failed", "; ".join(errors))
         return {
             "status": "ok",
             "state": "off",
@@ -663,15 +851,11 @@ class Listener:
             answer = self._off_everywhere(tgt, active, timeout, early)
         else:
             why = self._off_certain(tgt, managed, sv)
-            answer = (
-                {"status": "error", "message": why}
-                if why
-                else {"status": "ok", "state": "off", "already": True}
-            )
+            answer = why if why else {"status": "ok", "state": "off", "already": True}
         if role_fut is not None:
             try:
                 role_fut.result(timeout=30)
-            except (ClusterError, concurrent.futures.TimeoutError) as exc:
+            except (KvmhaError, concurrent.futures.TimeoutError) as exc:
                 note = f"could not set target-role=Stopped on {managed.rid if managed else ''}: "
                 answer["message"] = note + str(exc)
                 self.audit.warning(answer["message"])
@@ -716,7 +900,7 @@ class Listener:
                     self.audit.info(f"reboot: started {tgt.name} on {h}")
                     return
             self.audit.warning(f"reboot: could not start {tgt.name} again")
-        except (ClusterError, BackendError, proto.ProtocolError) as exc:
+        except (KvmhaError, BackendError, proto.ProtocolError) as exc:
             self.audit.warning(f"reboot: could not start {tgt.name} again: {exc}")
 
     def do_on(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
@@ -732,7 +916,7 @@ class Listener:
                 time.sleep(0.5)
                 if self.survey(plug).active_hosts():
                     return {"status": "ok", "state": "on"}
-            return {"status": "error", "message": f"{tgt.name} not running after {timeout:.0f} s"}
+            return problem("on-failed", f"{tgt.name} not running after {timeout:.0f} s")
         for h, info in sorted(sv.found.items()):
             if not info.get("persistent"):
                 continue
@@ -744,7 +928,7 @@ class Listener:
             )
             if ans.get("status") == "ok":
                 return {"status": "ok", "state": "on", "hosts": [h]}
-        return {"status": "error", "message": f"no host can start {tgt.name!r}"}
+        return problem("on-failed", f"no host can start {tgt.name!r}")
 
     def do_list(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         seen: dict[str, Json] = {}
@@ -842,7 +1026,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--check", action="store_true", help="check the configuration and exit")
     args = ap.parse_args(argv)
-    cfg = Config.load(args.config)
+    try:
+        cfg = Config.load(args.config)
+    except ConfigError as exc:
+        print(f"kvmha-fence-listener: {exc.message}", file=sys.stderr)
+        if exc.fix:
+            print(f"  fix: {exc.fix}", file=sys.stderr)
+        return 6  # systemd: "not configured"
     audit = Audit(cfg.audit_log, cfg.host, cfg.syslog)
     try:
         host_key = load_host_key(cfg.host_key)

@@ -1,5 +1,9 @@
 """Guests as cluster resources: ocf:kvmha:Guest primitives, created and driven with pcs
-and crm_resource, watched with crm_mon and libvirt."""
+and crm_resource (through kvmha.pcmk), and a guest's state as one word.
+
+Owns what ``kvmha guest`` changes and the one answer to "what state is this guest in"
+(``guest_state``) that status, the lab and the console share.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmha import datacentre, pcmk
+from kvmha.domxml import DomainXMLError, parse_domain_xml
+from kvmha.endpoint import split_host_port
 from kvmha.errors import KvmhaError, UsageError
 
 AGENTS = ("ocf:kvmha:Guest", "ocf:heartbeat:VirtualDomain")
@@ -31,7 +37,7 @@ class HealthCheck:
         if kind in ("http", "tcp", "command") and value:
             if kind == "http" and not value.startswith(("http://", "https://")):
                 raise UsageError(f"--health {spec}: not an http:// or https:// URL")
-            if kind == "tcp" and not re.match(r"^(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}$", value):
+            if kind == "tcp" and split_host_port(value) is None:
                 raise UsageError(f"--health {spec}: expected tcp=HOST:PORT")
             return cls(kind, value)
         raise UsageError(
@@ -56,6 +62,18 @@ def guest_primitives(cib: ET.Element) -> dict[str, ET.Element]:
     return {rid: p for rid, p in pcmk.primitives(cib).items() if agent_of(p) in AGENTS}
 
 
+def guest_state(r: pcmk.ResourceState | None) -> str:
+    """One word for a guest resource: running, stopped, failed, unknown, or its role
+    in lower case while it changes (migrating, starting, stopping...)."""
+    if r is None:
+        return "unknown"
+    if r.failed:
+        return "failed"
+    if r.active and r.nodes:
+        return "running" if r.role == "Started" else r.role.lower()
+    return "stopped"
+
+
 def require_guest(cib: ET.Element, name: str) -> ET.Element:
     prims = guest_primitives(cib)
     if name not in prims:
@@ -77,15 +95,9 @@ def domain_name_of(xml_file: Path) -> str:
     except OSError as exc:
         raise UsageError(f"cannot read {xml_file}: {exc.strerror}") from exc
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise UsageError(f"{xml_file} is not XML: {exc}") from exc
-    if root.tag != "domain":
-        raise UsageError(f"{xml_file} is not a libvirt domain (its root element is <{root.tag}>)")
-    name = (root.findtext("name") or "").strip()
-    if not name:
-        raise UsageError(f"{xml_file} has no <name>")
-    return name
+        return parse_domain_xml(text).name
+    except DomainXMLError as exc:
+        raise UsageError(f"{xml_file} {exc.problem}") from exc
 
 
 def add(

@@ -1,4 +1,9 @@
-"""Live migration of a guest resource to a named host, with progress from libvirt."""
+"""Live migration of a guest resource to a named host, with progress from libvirt.
+
+Owns ``kvmha guest migrate``: the checks before the move (data centre, allow-migrate,
+host online), the move through the cluster (crm_resource --move, always cleared after),
+and the progress that libvirt reports for the migration job on the source host.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any, Optional
 from kvmha import datacentre, pcmk
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.guests import require_guest, require_host
-from kvmha.process import run
+from kvmha.process import run, trace
 
 # (percent done or None, one line of text)
 Progress = Callable[[Optional[float], str], None]
@@ -28,6 +33,7 @@ def _libvirt_uri(source: str, params: dict[str, str]) -> str:
 def _open_domain(uri: str, name: str, seconds: float = 5.0) -> Any:
     """libvirt domain handle on the source, or None; never blocks longer than seconds."""
     box: list[Any] = []
+    trace(f"libvirt: open {uri}, lookupByName({name}), jobStats() while it migrates")
 
     def work() -> None:
         try:

@@ -1,17 +1,39 @@
-"""Running external programs: always an argv list, never a shell, always bounded."""
+"""Running external programs: always an argv list, never a shell, always bounded.
+
+Owns the one ``run`` that every part uses for a program (the cluster tools, ip, qemu-img
+...), and the trace that ``kvmha --verbose`` turns on: each command run, and each libvirt
+call a caller reports with ``trace``, is shown as one line before it runs.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Optional
 
 from kvmha.errors import CommandFailed, KvmhaError
 
 # What systemd gives a service (its default PATH), and what the cluster daemons must see:
 # agents they start inherit it, so it must not point into a venv or pyenv.
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_trace: Optional[Callable[[str], None]] = None
+
+
+def set_trace(show: Optional[Callable[[str], None]]) -> None:
+    """Show every command (and traced libvirt call) through show; None: stop showing."""
+    global _trace
+    _trace = show
+
+
+def trace(what: str) -> None:
+    """Report a call made on the user's behalf that is not a program (a libvirt call)."""
+    if _trace is not None:
+        _trace(what)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -33,6 +55,8 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run argv; stdout and stderr captured as text. CommandFailed when check and rc != 0."""
     argv = [str(a) for a in argv]
+    if _trace is not None:
+        _trace(f"running: {shlex.join(argv)}")
     try:
         proc = subprocess.run(
             argv,

@@ -1,4 +1,9 @@
-"""`kvmha status`: hosts, guests, fencing and warnings of the cluster, in one report."""
+"""The cluster's report: hosts, guests, fencing and warnings, from crm_mon and the CIB.
+
+Owns the one record of what ``kvmha status``, ``guest list`` and ``dc show`` print (and the
+console reads). Cluster facts only: the tools add what this host's network check finds
+(kvmha.tools.cluster_cli), so the core imports no netcfg.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from kvmha import datacentre, pcmk
-from kvmha.guests import agent_of, guest_primitives
+from kvmha.guests import agent_of, guest_primitives, guest_state
 
 
 def interval_ms(text: str) -> int:
@@ -92,16 +97,8 @@ def report() -> dict[str, Any]:
         )
     guests = []
     for rid, prim in sorted(guests_cfg.items()):
-        r = st.resources.get(rid)
         host = st.running_on(rid)
-        if r is None:
-            state = "unknown"
-        elif r.failed:
-            state = "failed"
-        elif r.active and r.nodes:
-            state = "running" if r.role == "Started" else r.role.lower()
-        else:
-            state = "stopped"
+        state = guest_state(st.resources.get(rid))
         guests.append(
             {
                 "name": rid,
@@ -197,36 +194,5 @@ def warnings(
                 "guest-unhealthy",
                 f"{g['name']}: {g['health']}",
                 "the cluster recovers it; see the guest's service",
-            )
-    out.extend(network_warnings())
-    return out
-
-
-def network_warnings() -> list[dict[str, str]]:
-    """Problems that 'kvmha net check' finds on this host's bridges."""
-    try:
-        from kvmha.netcfg import check as netcheck
-    except ImportError:
-        return []
-    try:
-        result = netcheck.check()
-    except Exception as exc:  # a broken probe must not hide the cluster's state
-        return [
-            {
-                "code": "net-check-failed",
-                "message": f"kvmha net check failed: {exc}",
-                "fix": "run 'kvmha net check' for details",
-            }
-        ]
-    out = []
-    for br in result.get("bridges", []):
-        if br.get("verdict") in ("warning", "incompatible"):
-            first = (br.get("findings") or [{}])[0]
-            out.append(
-                {
-                    "code": f"net-{br['verdict']}",
-                    "message": f"bridge {br['name']}: {first.get('message', br['verdict'])}",
-                    "fix": "run 'kvmha net check' for details",
-                }
             )
     return out

@@ -1,242 +1,53 @@
-"""The ``kvmha`` command: ``kvmha <noun> <verb>``.
+"""The ``kvmha`` command: ``kvmha <noun> <verb>``, and its conventions in one place.
 
-Every KvmhaError becomes one line on stderr (and the fix, when there is one) and the
-error's exit code; nothing else escapes as a traceback.
-Exit codes: 0 success, 1 failure, 2 bad input (unknown names, values out of range).
+- Every error is one line on stderr, ``kvmha: error: ...``, and a ``kvmha: fix: ...`` line
+  when there is something to do; usage errors too (an unknown command, with the closest
+  one suggested; a missing argument; a bad option value), never click's usage block.
+  Under ``--json`` the error is also a JSON document on stdout (docs/schemas/error.v1.json).
+- ``-h`` and ``--help`` everywhere; ``-v``/``--verbose`` (or ``KVMHA_VERBOSE=1``) shows
+  the cluster and libvirt commands kvmha runs on the user's behalf, on stderr.
+- Exit codes: 0 success, 1 failure, 2 bad input (unknown names, values out of range);
+  ``doctor`` and ``net check`` answer with a verdict instead (0-2) and 3 when they could
+  not run. Nothing escapes as a traceback.
+
+The nouns live in their own modules (``*_cli.py``), registered at the end of this file.
+The lab's verbs (``kvmha lab``) ship apart, in the kvmha-lab package: they are added only
+where that package is installed, and nothing here imports it otherwise.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from pathlib import Path
-from typing import Any
+import importlib
+import importlib.util
+from typing import Optional
 
 import click
 
-from kvmha.errors import KvmhaError
-from kvmha.tools.lab.config import DEFAULT_LABDIR, MAX_GUESTS, MAX_HOSTS
+from kvmha.tools.clibase import CONTEXT_SETTINGS, Group, verbose_option
+
+__all__ = ["Group", "main"]
 
 
-class Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KvmhaError as exc:
-            click.echo(f"kvmha: error: {exc.message}", err=True)
-            if exc.fix:
-                click.echo(f"kvmha: fix: {exc.fix}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("kvmha: interrupted", err=True)
-            ctx.exit(130)
-
-
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="kvmha")
+@verbose_option
 def main() -> None:
     """High availability for KVM guests on Pacemaker/Corosync and libvirt."""
 
 
-labdir_option = click.option(
-    "--labdir",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_LABDIR,
-    show_default=True,
-    envvar="KVMHA_LABDIR",
-    help="Directory that holds all of the lab's state.",
-)
+# Commands that ship in a package of their own: added when that package is installed.
+OPTIONAL_COMMANDS = ("kvmha.tools.lab.cli:lab",)
 
 
-def _progress() -> Any:
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        click.echo(f"[{time.monotonic() - t0:6.1f}s] {msg}", err=True)
-
-    return say
-
-
-def _lab(labdir: Path, progress: bool = True) -> Any:
-    from kvmha.tools.lab.lab import Lab
-
-    return Lab(labdir, _progress() if progress else lambda _m: None)
-
-
-@main.group(cls=Group)
-def lab() -> None:
-    """A local test lab: a host cluster of 1-5 hosts on this machine."""
-
-
-@lab.command()
-@labdir_option
-@click.option("--hosts", type=click.IntRange(1, MAX_HOSTS), default=3, show_default=True)
-@click.option("--guests", type=click.IntRange(0, MAX_GUESTS), default=3, show_default=True)
-@click.option(
-    "--agent",
-    type=click.Choice(["Guest", "VirtualDomain"]),
-    default="Guest",
-    show_default=True,
-    help="Resource agent that runs the guests.",
-)
-@click.option(
-    "--token",
-    "token_ms",
-    type=click.IntRange(200, 30000),
-    default=1000,
-    show_default=True,
-    help="Corosync token timeout in ms.",
-)
-def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int) -> None:
-    """Bring the lab up (idempotent); returns when every host is online and quorate."""
-    _lab(labdir).up(hosts, guests, agent, token_ms)
-
-
-@lab.command()
-@labdir_option
-@click.option("--purge", is_flag=True, help="Also delete the lab directory (logs included).")
-def down(labdir: Path, purge: bool) -> None:
-    """Stop every lab process by PID and remove the lab's namespaces."""
-    _lab(labdir).down(purge)
-
-
-@lab.command()
-@labdir_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(labdir: Path, as_json: bool) -> None:
-    """Hosts, guests and the last fencing of the lab."""
-    st = _lab(labdir, progress=False).status()
-    if as_json:
-        click.echo(json.dumps(st, indent=2))
-        return
-    click.echo(
-        f"lab {st['labdir']}  agent {st['agent']}  quorate {st['quorate']}  "
-        f"DC {st['dc'] or '-'}"
-    )
-    click.echo(f"{'HOST':8} {'STATE':9} {'POWER':6} {'NETWORK':10} ADDRESS")
-    for h in st["hosts"]:
-        click.echo(
-            f"{h['name']:8} {h['state']:9} {h['power']:6} {h['network']:10} " f"{h['address']}"
-        )
-    click.echo(f"{'GUEST':8} {'STATE':9} {'HOST':6} ADDRESS")
-    for g in st["guests"]:
-        click.echo(f"{g['name']:8} {g['state']:9} {g['host'] or '-':6} {g['address']}")
-    lf = st["last_fence"]
-    if lf:
-        click.echo(
-            f"last fence: {lf['action']} {lf['target']} by {lf['delegate']}: "
-            f"{lf['status']} at {lf['completed']}"
-        )
-
-
-def _host_command(name: str, method: str, help_text: str) -> None:
-    @lab.command(name=name, help=help_text)
-    @labdir_option
-    @click.argument("host")
-    def cmd(labdir: Path, host: str) -> None:
-        getattr(_lab(labdir, progress=False), method)(host)
-        click.echo(f"{host}: {name} done")
-
-
-_host_command("power-cut", "power_cut", "Cut a host's power (all its processes die at once).")
-_host_command("power-on", "power_on", "Restore a host's power; it boots and rejoins.")
-_host_command("isolate", "isolate", "Unplug a host's network cable at the lab switch.")
-_host_command("rejoin", "rejoin", "Plug a host's network cable back in.")
-
-
-@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
-@labdir_option
-@click.argument("host")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def exec_(labdir: Path, host: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside HOST's namespaces; its exit code is passed through."""
-    sys.exit(_lab(labdir, progress=False).exec_in(host, list(command)))
-
-
-@lab.command()
-@labdir_option
-@click.argument("host")
-@click.option("-n", "--lines", type=click.IntRange(1, 100000), default=40, show_default=True)
-def logs(labdir: Path, host: str, lines: int) -> None:
-    """The last lines of a host's console, corosync, pacemaker and libvirtd logs."""
-    click.echo(_lab(labdir, progress=False).logs(host, lines), nl=False)
-
-
-@lab.command()
-@labdir_option
-@click.option("--rounds", type=click.IntRange(1, 100000), default=10, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True, help="Fault schedule seed.")
-@click.option(
-    "--bound",
-    "bound_s",
-    type=click.FloatRange(10, 3600),
-    default=150,
-    show_default=True,
-    help="Seconds within which a fault's guests must run again.",
-)
-@click.option("--faults", "kinds", help="Comma-separated fault kinds (default: all).")
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the result.")
-@click.option(
-    "--plot",
-    "png",
-    type=click.Path(path_type=Path),
-    help="Write a PNG plot of recovery times per fault kind.",
-)
-def chaos(
-    labdir: Path,
-    rounds: int,
-    seed: int,
-    bound_s: float,
-    kinds: str | None,
-    json_file: Path | None,
-    png: Path | None,
-) -> None:
-    """Inject random faults into a running lab and check, every second, through every
-    host's libvirt, that no guest runs twice and every guest runs again within the bound.
-    Exit code 1 when there was a violation."""
-    from kvmha.tools.lab import chaos as chaos_mod
-
-    result = chaos_mod.soak(
-        _lab(labdir),
-        rounds,
-        seed,
-        bound_s,
-        kinds.split(",") if kinds else None,
-        say=lambda m: click.echo(m, err=True),
-    )
-    chaos_mod.write(result, json_file, png)
-    click.echo(f"{rounds} rounds, seed {seed}: {len(result['violations'])} violations")
-    for kind, s in sorted(result["recovery_s"].items()):
-        click.echo(
-            f"  {kind:20} n={s['n']:<3} median {s['median']:6.1f} s  p95 "
-            f"{s['p95']:6.1f} s  max {s['max']:6.1f} s"
-        )
-    if result["violations"]:
-        sys.exit(1)
-
-
-@lab.command()
-@labdir_option
-@click.option("--hosts", type=click.IntRange(2, MAX_HOSTS), default=3, show_default=True)
-@click.option("--guests", type=click.IntRange(1, MAX_GUESTS), default=3, show_default=True)
-@click.option(
-    "--agent",
-    type=click.Choice(["Guest", "VirtualDomain"]),
-    default="Guest",
-    show_default=True,
-)
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(path_type=Path),
-    help="Also write the timeline as JSON to this file.",
-)
-def demo(labdir: Path, hosts: int, guests: int, agent: str, json_file: Path | None) -> None:
-    """Bring a lab up, cut the power of a host that runs a guest, and time the recovery."""
-    from kvmha.tools.lab.demo import run_demo
-
-    run_demo(_lab(labdir), hosts, guests, agent, json_file)
+def _optional(spec: str) -> Optional[click.Command]:
+    module, _, attr = spec.partition(":")
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:  # its parent package is not installed either
+        return None
+    cmd = getattr(importlib.import_module(module), attr)
+    return cmd if isinstance(cmd, click.Command) else None
 
 
 def _register() -> None:
@@ -247,6 +58,10 @@ def _register() -> None:
 
     for cmd in (status, guest, dc, doctor, fence, net, completion):
         main.add_command(cmd)
+    for spec in OPTIONAL_COMMANDS:
+        opt = _optional(spec)
+        if opt is not None:
+            main.add_command(opt)
 
 
 _register()

@@ -1,14 +1,19 @@
-"""kvmha status, kvmha guest ..., kvmha dc ...: the cluster as admins see it."""
+"""kvmha status, kvmha guest ..., kvmha dc ...: the cluster as admins see it.
+
+Thin click commands over the core (kvmha.status, kvmha.guests, kvmha.livemigrate,
+kvmha.datacentre); this host's network verdicts are added to the status here, at the
+tools layer, so that the core never imports netcfg.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from kvmha.tools.output import colour, emit_json, progress_printer, table
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+from kvmha.tools.complete import complete_dcs, complete_guests, complete_hosts
+from kvmha.tools.output import colour, emit, json_option, progress_printer, table
 
 
 def _say(msg: str) -> None:
@@ -22,8 +27,9 @@ def status(as_json: bool) -> None:
     from kvmha.status import report
 
     rep = report()
+    rep["warnings"].extend(network_warnings())
     if as_json:
-        emit_json(rep)
+        emit("status", rep)
         return
     c = rep["cluster"]
     click.echo(
@@ -33,7 +39,7 @@ def status(as_json: bool) -> None:
     )
     click.echo(
         table(
-            ["host", "state", "dc", "guests"],
+            ["host", "state", "data centre", "guests"],
             [[h["name"], h["state"], h["dc"], h["guests"]] for h in rep["hosts"]],
             coloured=[1],
         )
@@ -41,7 +47,7 @@ def status(as_json: bool) -> None:
     click.echo()
     click.echo(
         table(
-            ["guest", "state", "host", "health", "fails", "dc"],
+            ["guest", "state", "host", "health", "fails", "data centre"],
             [
                 [g["name"], g["state"], g["host"], g["health"], g["fail_count"], g["dc"]]
                 for g in rep["guests"]
@@ -67,13 +73,51 @@ def status(as_json: bool) -> None:
         click.echo(colour("warning") + f": {w['message']} (fix: {w['fix']})")
 
 
+def network_warnings() -> list[dict[str, str]]:
+    """Problems that 'kvmha net check' finds on this host's bridges, as status warnings."""
+    try:
+        from kvmha.netcfg import check as netcheck
+    except ImportError:
+        return []
+    try:
+        result = netcheck.check()
+    except Exception as exc:  # a broken probe must not hide the cluster's state
+        return [
+            {
+                "code": "net-check-failed",
+                "message": f"kvmha net check failed: {exc}",
+                "fix": "run 'kvmha net check' for details",
+            }
+        ]
+    out = []
+    for br in result.get("bridges", []):
+        if br.get("verdict") in ("warning", "incompatible"):
+            first = (br.get("findings") or [{}])[0]
+            out.append(
+                {
+                    "code": f"net-{br['verdict']}",
+                    "message": f"bridge {br['name']}: {first.get('message', br['verdict'])}",
+                    "fix": "run 'kvmha net check' for details",
+                }
+            )
+    return out
+
+
+def _done(as_json: bool, text: str, **body: Any) -> None:
+    """What a command changed: text for people, a "result" document under --json."""
+    if as_json:
+        emit("result", body)
+    else:
+        click.echo(text)
+
+
 @click.group()
 def guest() -> None:
     """Guests as cluster resources (ocf:kvmha:Guest)."""
 
 
 @guest.command("add")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_guests)
 @click.option(
     "--xml",
     "xml_file",
@@ -81,7 +125,9 @@ def guest() -> None:
     required=True,
     help="The guest's libvirt domain XML, on storage every host can read.",
 )
-@click.option("--dc", help="Data centre: the guest runs only on its hosts.")
+@click.option(
+    "--dc", shell_complete=complete_dcs, help="Data centre: the guest runs only on its hosts."
+)
 @click.option(
     "--health",
     multiple=True,
@@ -109,6 +155,7 @@ def guest() -> None:
     show_default=True,
     help="Seconds to wait for the guest to run (0: do not wait).",
 )
+@json_option
 def guest_add(
     name: str,
     xml_file: Path,
@@ -117,6 +164,7 @@ def guest_add(
     remote_node: bool,
     transport: str,
     wait_s: int,
+    as_json: bool,
 ) -> None:
     """Make the domain NAME (defined by --xml) a highly available guest."""
     from kvmha import guests
@@ -132,17 +180,18 @@ def guest_add(
         wait_s=max(wait_s, 1),
         say=_say,
     )
-    click.echo(f"{name} runs on {host}")
+    _done(as_json, f"{name} runs on {host}", action="guest-add", guest=name, host=host)
 
 
 @guest.command("remove")
-@click.argument("name")
-def guest_remove(name: str) -> None:
+@click.argument("name", shell_complete=complete_guests)
+@json_option
+def guest_remove(name: str, as_json: bool) -> None:
     """Stop the guest and delete its resource (its XML file stays)."""
     from kvmha import guests
 
     guests.remove(name)
-    click.echo(f"{name} removed")
+    _done(as_json, f"{name} removed", action="guest-remove", guest=name, host=None)
 
 
 @guest.command("list")
@@ -153,7 +202,7 @@ def guest_list(as_json: bool) -> None:
 
     rows = report()["guests"]
     if as_json:
-        emit_json(rows)
+        emit("guest-list", {"guests": rows})
         return
     click.echo(
         table(
@@ -165,37 +214,49 @@ def guest_list(as_json: bool) -> None:
 
 
 @guest.command("start")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_guests)
 @click.option("--wait", "wait_s", type=click.IntRange(1, 3600), default=180, show_default=True)
-def guest_start(name: str, wait_s: int) -> None:
+@json_option
+def guest_start(name: str, wait_s: int, as_json: bool) -> None:
     """Let the cluster run the guest (enable its resource)."""
     from kvmha import guests
 
     guests.set_enabled(name, True, wait_s)
-    click.echo(f"{name} started")
+    _done(as_json, f"{name} started", action="guest-start", guest=name, host=None)
 
 
 @guest.command("stop")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_guests)
 @click.option("--wait", "wait_s", type=click.IntRange(1, 3600), default=180, show_default=True)
-def guest_stop(name: str, wait_s: int) -> None:
+@json_option
+def guest_stop(name: str, wait_s: int, as_json: bool) -> None:
     """Stop the guest and keep it stopped (disable its resource)."""
     from kvmha import guests
 
     guests.set_enabled(name, False, wait_s)
-    click.echo(f"{name} stopped")
+    _done(as_json, f"{name} stopped", action="guest-stop", guest=name, host=None)
 
 
 @guest.command("migrate")
-@click.argument("name")
-@click.argument("host")
+@click.argument("name", shell_complete=complete_guests)
+@click.argument("host", shell_complete=complete_hosts)
 @click.option("--wait", "wait_s", type=click.IntRange(1, 3600), default=300, show_default=True)
-def guest_migrate(name: str, host: str, wait_s: int) -> None:
-    """Live-migrate NAME to HOST, show progress, wait, and clear the move constraint."""
+@json_option
+def guest_migrate(name: str, host: str, wait_s: int, as_json: bool) -> None:
+    """Live-migrate NAME to HOST, show progress, wait, and clear the move constraint.
+
+    With --json the progress goes to stderr and the result to stdout."""
     from kvmha.livemigrate import migrate
 
-    took = migrate(name, host, progress_printer(), wait_s)
-    click.echo(f"{name} migrated to {host} in {took:.1f} s")
+    took = migrate(name, host, progress_printer(stream_err=as_json), wait_s)
+    _done(
+        as_json,
+        f"{name} migrated to {host} in {took:.1f} s",
+        action="guest-migrate",
+        guest=name,
+        host=host,
+        seconds=round(took, 1),
+    )
 
 
 @click.group()
@@ -205,23 +266,32 @@ def dc() -> None:
 
 @dc.command("create")
 @click.argument("name")
-def dc_create(name: str) -> None:
+@json_option
+def dc_create(name: str, as_json: bool) -> None:
     """Create the data centre NAME (stored in the cluster configuration)."""
     from kvmha import datacentre
 
     datacentre.create(name)
-    click.echo(f"data centre {name} created")
+    _done(as_json, f"data centre {name} created", action="dc-create", data_centre=name)
 
 
 @dc.command("add-host")
-@click.argument("name")
-@click.argument("host")
-def dc_add_host(name: str, host: str) -> None:
+@click.argument("name", shell_complete=complete_dcs)
+@click.argument("host", shell_complete=complete_hosts)
+@json_option
+def dc_add_host(name: str, host: str, as_json: bool) -> None:
     """Put HOST into the data centre NAME (a host is in one data centre at most)."""
     from kvmha import datacentre
 
     left = datacentre.add_host(name, host)
-    click.echo(f"{host} is in data centre {name}" + (f" (it left {left})" if left else ""))
+    _done(
+        as_json,
+        f"{host} is in data centre {name}" + (f" (it left {left})" if left else ""),
+        action="dc-add-host",
+        data_centre=name,
+        host=host,
+        left=left,
+    )
 
 
 @dc.command("list")
@@ -232,7 +302,14 @@ def dc_list(as_json: bool) -> None:
 
     dcs = datacentre.all_dcs(pcmk.query_cib())
     if as_json:
-        emit_json([{"name": d.name, "hosts": list(d.hosts), "guests": list(d.guests)} for d in dcs])
+        emit(
+            "dc-list",
+            {
+                "data_centres": [
+                    {"name": d.name, "hosts": list(d.hosts), "guests": list(d.guests)} for d in dcs
+                ]
+            },
+        )
         return
     click.echo(
         table(
@@ -243,7 +320,7 @@ def dc_list(as_json: bool) -> None:
 
 
 @dc.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_dcs)
 @json_option
 def dc_show(name: str, as_json: bool) -> None:
     """The hosts and guests of one data centre, with their state."""
@@ -255,7 +332,7 @@ def dc_show(name: str, as_json: bool) -> None:
     hosts = [h for h in rep["hosts"] if h["dc"] == name]
     guests = [g for g in rep["guests"] if g["dc"] == name]
     if as_json:
-        emit_json({"name": name, "hosts": hosts, "guests": guests})
+        emit("dc-show", {"name": name, "hosts": hosts, "guests": guests})
         return
     click.echo(f"data centre {name}\n")
     click.echo(
@@ -276,20 +353,17 @@ def dc_show(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("shell", type=click.Choice(["bash", "zsh"]))
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print the shell completion script (bash: source <(kvmha completion bash))."""
-    import os
-    import subprocess
-    import sys
+    """Print the shell completion script; it completes commands, options, and the names
+    of guests, hosts, data centres and fence keys.
 
-    env = dict(os.environ, _KVMHA_COMPLETE=f"{shell}_source")
-    out = subprocess.run(
-        [sys.executable, "-I", "-m", "kvmha.tools.cli"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    click.echo(out.stdout, nl=False)
+    bash: source <(kvmha completion bash); zsh: source <(kvmha completion zsh);
+    fish: kvmha completion fish | source
+    """
+    from click.shell_completion import get_completion_class
+
+    root = click.get_current_context().find_root().command
+    cls = get_completion_class(shell)
+    assert cls is not None  # the Choice lists only shells click knows
+    click.echo(cls(root, {}, "kvmha", "_KVMHA_COMPLETE").source(), nl=False)

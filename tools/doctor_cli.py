@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 import click
 
-from kvmha.doctor import (
+from kvmha.errors import KvmhaError
+from kvmha.tools.doctor import (
     CHECK_NAMES,
     DOCTOR_FAILED,
     ERROR,
@@ -27,7 +28,7 @@ from kvmha.doctor import (
     report_exit_code,
     select_checks,
 )
-from kvmha.errors import KvmhaError
+from kvmha.tools.output import env_allows_colour, json_option, print_error, style
 
 STYLE: dict[str, dict[str, Any]] = {
     OK: {"fg": "green"},
@@ -43,8 +44,7 @@ class _BadOption(click.UsageError):
     exit_code = DOCTOR_FAILED
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"kvmha: error: {self.format_message()}", err=True)
-        click.echo("kvmha: fix: see kvmha doctor --help", err=True)
+        print_error(self.format_message(), "see 'kvmha doctor --help'", self.exit_code, False)
 
 
 class _DoctorCommand(click.Command):
@@ -68,14 +68,15 @@ def _progress(enabled: bool) -> Any:
 def render(doc: dict[str, Any], width: Optional[int]) -> list[str]:
     """The findings as a table: CHECK, STATUS, FINDING and its fix under it.
 
-    ``width`` wraps the text column on a terminal; None (piped) keeps one line each.
+    ``width`` wraps the text column on a terminal; None (piped) keeps one line each
+    and no colour. NO_COLOR and TERM=dumb turn colour off on a terminal too.
     """
+    on = width is not None and env_allows_colour()
     lines = []
     src = doc.get("services_from")
     how = {"systemd": "services from systemd", "processes": "services from /proc"}.get(str(src), "")
-    lines.append(
-        click.style(f"kvmha doctor: {doc['host']}", bold=True) + (f"  ({how})" if how else "")
-    )
+    title = style(f"kvmha doctor: {doc['host']}", enabled=on, bold=True)
+    lines.append(title + (f"  ({how})" if how else ""))
     cw = max([len("CHECK")] + [len(f["check"]) for f in doc["findings"]])
     sw = len("WARNING")
     indent = cw + sw + 2
@@ -89,19 +90,19 @@ def render(doc: dict[str, Any], width: Optional[int]) -> list[str]:
 
     for f in doc["findings"]:
         sev = f["severity"]
-        label = click.style(f"{LABEL[sev]:{sw}}", **STYLE[sev])
+        label = style(f"{LABEL[sev]:{sw}}", enabled=on, **STYLE[sev])
         lines += wrap(f["message"], f"{f['check']:{cw}} {label} ")
         if f["fix"] and sev != OK:
             lines += wrap("fix: " + f["fix"], " " * indent)
     s = doc["summary"]
     tail = f"{s[OK]} ok, {s[WARNING]} warning(s), {s[ERROR]} error(s)"
     worst = ERROR if s[ERROR] else WARNING if s[WARNING] else OK
-    lines.append(click.style(tail, **STYLE[worst]))
+    lines.append(style(tail, enabled=on, **STYLE[worst]))
     return lines
 
 
 @click.command(cls=_DoctorCommand)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.option(
     "--skip",
     multiple=True,
@@ -162,9 +163,7 @@ def doctor(
             if progress:
                 click.echo("\r\033[K", err=True, nl=False)
     except KvmhaError as exc:
-        click.echo(f"kvmha: error: {exc.message}", err=True)
-        if exc.fix:
-            click.echo(f"kvmha: fix: {exc.fix}", err=True)
+        print_error(exc.message, exc.fix, DOCTOR_FAILED, as_json)
         sys.exit(DOCTOR_FAILED)
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -241,7 +241,7 @@ def test(domain: str, key_file: Optional[Path], as_json: bool, config_path: Path
 
 def main() -> None:
     """Standalone entry (until 'kvmha fence' is registered in the kvmha command)."""
-    from kvmha.tools.cli import Group
+    from kvmha.tools.clibase import Group
 
     root = Group(name="kvmha", commands={"fence": fence})
     root(prog_name="kvmha")

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import click
 
 from kvmha.errors import KvmhaError, UsageError
+from kvmha.tools.output import emit, json_option
 
 CHECK_ERROR = 3
 
@@ -44,7 +44,7 @@ def net() -> None:
 
 @net.command(cls=_CheckCommand)
 @click.option("--netns", metavar="NAME", help="Read this network namespace instead of the host.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def check(netns: Optional[str], as_json: bool) -> None:
     """A verdict for every bridge: ok, warning or incompatible, with reasons and references.
 
@@ -58,7 +58,7 @@ def check(netns: Optional[str], as_json: bool) -> None:
     except KvmhaError as exc:
         raise _CheckError(exc.message, exc.fix) from exc
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        emit("net-check", report)
     else:
         click.echo(render_table(report), nl=False)
     sys.exit(exit_code(report))
@@ -105,7 +105,7 @@ def _progress() -> Any:
     help="Seconds of traffic on all flows (balance-tlb/alb rebalance every 10 s).",
 )
 @click.option("--no-failover", is_flag=True, help="Skip the phase after the active link fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def probe(
     mode: str,
     switch: str,
@@ -133,6 +133,6 @@ def probe(
             raise UsageError("--modules needs --kernel")
         report = p.run(modes, switches, soak=soak, failover=not no_failover, progress=say)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        emit("net-probe", report)
     else:
         click.echo(p.render_table(report), nl=False)

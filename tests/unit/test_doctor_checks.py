@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from kvmha import doctor as d
-from kvmha.systemd import Proc, ProcMatch, find_processes, list_processes
+from kvmha.tools import doctor as d
+from kvmha.tools.systemd import Proc, ProcMatch, find_processes, list_processes
 
 DATA = Path(__file__).parent / "data"
 # a real 'crm_mon -1 --output-as=xml' of a 3-host lab after host3 was fenced: quorate,
@@ -235,7 +235,7 @@ def test_quorum_lost() -> None:
 
 def test_no_dc() -> None:
     f = cluster(CRM_MON.replace('present="true"', 'present="false"'))
-    assert codes(f, d.ERROR) == {"quorum-no-dc"}
+    assert codes(f, d.ERROR) == {"quorum-no-controller"}
 
 
 def test_cluster_down_is_one_error() -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmha import doctor as d
 from kvmha.process import module_argv
-from kvmha.systemd import SystemdBus, SystemdError
+from kvmha.tools import doctor as d
+from kvmha.tools.systemd import SystemdBus, SystemdError
 
 pytest.importorskip("dbus")
 pytest.importorskip("gi")

@@ -238,12 +238,15 @@ def test_zz_after_fuzzing_audit_and_service(lab: Lab) -> None:
     for r in (
         "not a kvmha-fence/1 hello",
         "authentication failed",
-        "unknown key",
         "malformed frame",
         "truncated frame",
         "oversized frame",
     ):
         assert any(x.startswith(r) for x in reasons), (r, sorted(reasons)[:20])
+    codes = {e["code"] for e in refused}
+    assert {"bad-hello", "bad-auth", "bad-frame", "bad-request"} <= codes, codes
+    assert "internal-error" not in codes
+    assert any("unknown key" in str(e["detail"]) for e in refused)
     denied = [e for e in lab.audit_lines("host1") if e["result"] == "denied"]
     assert denied and all(e["plug"] == "theirs" for e in denied)
 
@@ -253,7 +256,11 @@ def test_oversized_frames_are_refused(lab: Lab) -> None:
     for size in (agent.MAX_REQUEST_FRAME + 1, 1 << 20, 0xFFFFFFFF):
         out = talk(port, [struct.pack(">I", size) + b"{" * 1000])
         assert frames_of(out) == [
-            {"type": "refused", "reason": f"oversized frame ({size} bytes, limit 4096)"}
+            {
+                "type": "refused",
+                "code": "bad-frame",
+                "reason": f"oversized frame ({size} bytes, limit 4096)",
+            }
         ]
     big = {
         "type": "hello",

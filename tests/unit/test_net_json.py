@@ -6,14 +6,13 @@ import json
 from typing import Any
 
 import pytest
+from support.net_topo import bridged_bond
 
 from kvmha.errors import UsageError
 from kvmha.netcfg import probe
 from kvmha.netcfg.check import check_snapshot, render_table
 from kvmha.netcfg.links import Snapshot, link_from_msg
 from kvmha.netcfg.vm import _cpio_newc
-
-from .test_net_rules import bridged_bond
 
 
 class Nla(dict):  # type: ignore[type-arg]

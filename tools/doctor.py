@@ -1,10 +1,12 @@
 """``kvmha doctor``: is this host fit to run highly available guests? Each finding has a fix.
 
+Lives with the tools (the CLI is its only user): an admin's diagnostic, not shared plumbing.
+
 The checks are a declarative table (``CHECKS``): a name (for ``--skip``/``--only``), a
 title (for progress) and a function from a ``Context`` to findings. A finding is
 ``{severity: ok|warning|error, code, message, fix}``; ``code`` is stable, for scripts.
 Services are described by a table too (``SERVICES``, ``TIME_SYNC``): their systemd units
-and how to recognise their processes where systemd is not the init (see kvmha.systemd).
+and how to recognise their processes where systemd is not the init (see kvmha.tools.systemd).
 
 Where the facts come from: libvirt-python (``qemu:///system``, opened in a thread with a
 deadline), systemd over D-Bus or /proc, ``crm_mon --output-as=xml --inactive`` (stonith,
@@ -31,7 +33,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.process import clean_env, run
-from kvmha.systemd import (
+from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
     SystemdBus,
@@ -600,7 +602,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                "quorum-no-dc",
+                "quorum-no-controller",
                 f"the cluster has no designated controller ({seen}): nothing is managed",
                 "corosync-cfgtool -s and corosync-quorumtool -s show which hosts this one "
                 "sees; check the cluster network",
@@ -617,7 +619,7 @@ def quorum_findings(root: ET.Element) -> list[Finding]:
                 "(corosync-quorumtool -s)",
             )
         ]
-    return [Finding(OK, "quorum", f"quorate, DC {dc.get('name', '?')}, {seen}")]
+    return [Finding(OK, "quorum", f"quorate, designated controller {dc.get('name', '?')}, {seen}")]
 
 
 # ---- key files ---------------------------------------------------------------------------
@@ -876,6 +878,7 @@ def report(
     t0 = time.monotonic()
     findings = run_checks(ctx, checks, progress)
     return {
+        "schema": "kvmha.doctor.v1",
         "host": socket.gethostname(),
         "services_from": ctx.services_kind,
         "findings": [f.to_dict() for f in findings],
