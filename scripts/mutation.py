@@ -272,6 +272,11 @@ def config_text(name: str) -> str:
 def run_tests(name: str) -> int:
     """The test command cosmic-ray runs for each mutant."""
     t = TARGETS[name]
+    copy = os.environ.get("KVMHA_MUTATION_COPY")
+    if copy and not os.path.samefile(installed_root(), Path(copy) / "kvmha"):
+        print("mutation: the installed kvmha is not the private copy any more", flush=True)
+        print(f"{RC_MARK}3", flush=True)
+        return 3  # counted as a broken run, never as a kill
     drop_pyc(installed_file(t.source))  # -I agents ignore PYTHONDONTWRITEBYTECODE
     env = {**os.environ, "KVMHA_MUTATED_FILES": t.source}
     env.pop("CI", None)

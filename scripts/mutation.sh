@@ -6,7 +6,7 @@
 #   kvmha-dev run scripts/mutation.sh
 # Mutants never touch the real installation or the worktree: the run happens in a private
 # mount namespace, on a snapshot of the worktree (tracked and new files, as they are now),
-# whose kvmha package is bind-mounted over the installed one. An interrupted run leaves
+# installed into a copy of the site directory bind-mounted over the real one. An interrupted run leaves
 # nothing behind, the worktree can change meanwhile, and runs of other targets can go side
 # by side. Results stay in build/mutation.
 # The tool lives in its own venv (.venv-mutation), pinned by scripts/mutation-requirements.txt.
@@ -28,16 +28,24 @@ if [ ! -x "$VENV/bin/cosmic-ray" ] || ! cmp -s $REQ "$VENV/.requirements"; then
   cp $REQ "$VENV/.requirements"
 fi
 pkg=$(/usr/bin/python3 -I -c 'import kvmha, os; print(os.path.dirname(kvmha.__file__))')
+site=$(dirname "$pkg")
 mkdir -p build/mutation
 snap=$(mktemp -d "$TOP/build/mutation/tree.XXXXXX")
 copy=$(mktemp -d "$TOP/build/mutation/site.XXXXXX")
-trap 'umount "$pkg" 2>/dev/null || true; rm -rf "$copy" "$snap"' EXIT
+trap 'umount "$site" 2>/dev/null || true; rm -rf "$copy" "$snap"' EXIT
 git ls-files -z --cached --others --exclude-standard \
   | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$snap"
 ln -s "$TOP/.venv" "$snap/.venv"
-# the package as scripts/setup.sh installs it (pyproject.toml's package-dir), from the snapshot
-cp "$snap"/kvmha/*.py "$copy/"
-for sub in agents fence netcfg tools; do cp -r "$snap/$sub" "$copy/$sub"; done
-mount --bind "$copy" "$pkg"
+# a copy of the whole site directory (mounted over the directory itself, not the package:
+# a pip reinstall elsewhere renames the package directory, and a mount on it would follow)
+# whose kvmha package is the snapshot's, as scripts/setup.sh installs it (pyproject.toml's
+# package-dir)
+cp -a "$site/." "$copy/"
+rm -rf "$copy/kvmha"
+mkdir "$copy/kvmha"
+cp "$snap"/kvmha/*.py "$copy/kvmha/"
+for sub in agents fence netcfg tools; do cp -r "$snap/$sub" "$copy/kvmha/$sub"; done
+mount --bind "$copy" "$site"
 cd "$snap"
-KVMHA_MUTATION_OUT=$TOP/build/mutation "$VENV/bin/python" scripts/mutation.py "$@"
+export KVMHA_MUTATION_OUT=$TOP/build/mutation KVMHA_MUTATION_COPY=$copy
+"$VENV/bin/python" scripts/mutation.py "$@"

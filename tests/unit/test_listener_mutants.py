@@ -149,20 +149,28 @@ def test_a_validly_signed_frame_that_is_not_a_request_is_refused(lab: Lab, key: 
 
 @pytest.mark.parametrize(
     ("plug", "bad"),
-    [("guest\x1f1", True), ("g" * 300, True), ("guest!1", False), ("guest 1", False)],
+    [
+        ("guest\x1f1", True),
+        ("g" * 300, True),
+        ("guest 1", True),
+        ("-guest1", True),
+        (7, True),
+        ("guest_1.a+b:c@d-e", False),
+        ("0d9b4a38-8d4e-4f0a-9c2e-1b2c3d4e5f60", False),
+    ],
 )
 def test_plug_checks(lab: Lab, key: Path, plug: str, bad: bool) -> None:
-    """dispatch: control characters and over-long plugs are refused as such; printable
-    ones go on to the look-up (and here are unknown)."""
+    """dispatch: a plug is a libvirt domain name or a UUID; anything else is refused as a
+    bad plug before any look-up; a good one goes on to the look-up (here: unknown)."""
     ans = _exchange(lab, key, {"action": "status", "plug": plug, "timeout": 5})
     assert ans["type"] == "response"
-    msg = ans["body"].get("message", "")
-    assert (msg == "bad plug") is bad, ans
+    assert (ans["body"].get("code") == "bad-plug") is bad, ans
 
 
 def test_an_unknown_action_is_echoed_cut_to_40_characters(lab: Lab, key: Path) -> None:
     ans = _exchange(lab, key, {"action": "x" * 100, "plug": "guest1"})
-    assert ans["body"] == {"status": "error", "message": f"unknown action {'x' * 40!r}"}
+    assert ans["body"]["code"] == "unknown-action"
+    assert ans["body"]["message"] == f"unknown action {'x' * 40!r}"
 
 
 def test_a_failed_local_off_is_an_error_that_names_the_host(lab: Lab, key: Path) -> None:
@@ -222,11 +230,11 @@ def test_off_reports_how_soon_the_guest_was_frozen(lab: Lab, key: Path) -> None:
     assert ans["body"]["frozen_s"] == 0.001  # FakeBackend.off's figure
 
 
-@pytest.mark.parametrize("timeout", ["5", True, None, [5]])
+@pytest.mark.parametrize("timeout", ["5", True, None, [5], float("inf")])
 def test_a_timeout_that_is_not_a_number_is_refused(lab: Lab, key: Path, timeout: Any) -> None:
-    """dispatch: only an int or a float is a timeout (a bool is not)."""
+    """dispatch: only a finite int or float is a timeout (a bool is not)."""
     ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": timeout})
-    assert ans["body"] == {"status": "error", "message": "bad timeout"}, ans
+    assert ans["body"]["status"] == "error" and ans["body"]["code"] == "bad-number", ans
     assert lab.world.offs == []
 
 
@@ -259,7 +267,7 @@ def test_a_hello_of_another_protocol_version_is_refused(lab: Lab, key: Path) -> 
         hello = {"type": "hello", "proto": "kvmha-fence/0", "key": "gc1", "nc": "00" * 32}
         agent.send_frame(s, hello, time.monotonic() + 5)
         ans = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
-    assert ans == {"type": "refused", "reason": "not a kvmha-fence/1 hello"}
+    assert ans["type"] == "refused" and ans["reason"] == "not a kvmha-fence/1 hello", ans
     assert any(
         e["result"] == "refused" and e["detail"] == "not a kvmha-fence/1 hello"
         for e in lab.audit_lines("host1")
@@ -270,9 +278,9 @@ def test_a_plug_of_the_longest_allowed_length_is_accepted(lab: Lab, key: Path) -
     from kvmha.fence.listener import MAX_PLUG
 
     ans = _exchange(lab, key, {"action": "status", "plug": "g" * MAX_PLUG, "timeout": 5})
-    assert ans["body"].get("message") != "bad plug", ans
+    assert ans["body"].get("code") != "bad-plug", ans
     ans = _exchange(lab, key, {"action": "status", "plug": "g" * (MAX_PLUG + 1), "timeout": 5})
-    assert ans["body"].get("message") == "bad plug", ans
+    assert ans["body"].get("code") == "bad-plug", ans
 
 
 def test_a_host_cluster_error_is_an_error_answer_that_says_so(lab: Lab, key: Path) -> None:
@@ -286,10 +294,8 @@ def test_a_host_cluster_error_is_an_error_answer_that_says_so(lab: Lab, key: Pat
     lab.add_key("wide", Scope("domains", ("ghost",)))
     lab.cluster.status = down  # type: ignore[assignment,method-assign]
     ans = _exchange(lab, lab.tmp / "wide.guest.key", {"action": "off", "plug": "ghost"})
-    assert ans["body"] == {
-        "status": "error",
-        "message": "host cluster: crm_mon: connection refused",
-    }, ans
+    assert ans["body"]["status"] == "error" and ans["body"]["code"] == "cluster-error", ans
+    assert ans["body"]["message"] == "host cluster: crm_mon: connection refused", ans
 
 
 def test_a_host_request_whose_libvirt_fails_is_an_error_answer(lab: Lab, key: Path) -> None:
@@ -303,4 +309,5 @@ def test_a_host_request_whose_libvirt_fails_is_an_error_answer(lab: Lab, key: Pa
     write_private(hk, agent.key_text(HOST_KEY.name, HOST_KEY.secret))
     lab.world.down.add("host1")
     ans = _exchange(lab, hk, {"action": "locate", "plug": "guest1"})
-    assert ans["body"] == {"status": "error", "message": "libvirt on host1 is down"}, ans
+    assert ans["body"]["status"] == "error" and ans["body"]["code"] == "libvirt-error", ans
+    assert ans["body"]["message"] == "libvirt on host1 is down", ans
