@@ -11,26 +11,24 @@ import os
 import sys
 import time
 
-from . import guest_params as gp
-from . import ocf, statefile
-from .ocf import AgentError, Env, Logger
-from .virt import (
+from kvmha import virt
+from kvmha.virt import (
     CRASHED,
-    DOMAIN_STATE_NAMES,
     SHUTOFF,
-    VIR_ERR_NO_CONNECT,
+    STATE_NAMES,
     VIR_ERR_NO_DOMAIN,
     VIR_ERR_OPERATION_INVALID,
-    VIR_ERR_SYSTEM_ERROR,
-    VIR_FROM_REMOTE,
-    VIR_FROM_RPC,
-    Conn,
+    Connection,
     Watchdog,
+    connection_lost,
     err_code,
     err_text,
     is_local_uri,
-    load_libvirt,
 )
+
+from . import guest_params as gp
+from . import ocf, statefile
+from .ocf import AgentError, Env, Logger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,41 +79,26 @@ KNOWN_DRIVERS = frozenset(
 )
 
 
-def connection_lost(exc: BaseException) -> bool:
-    """A libvirt error that means the connection to libvirtd broke (it died or
-    restarted), not that the operation itself failed."""
-    get_domain = getattr(exc, "get_error_domain", None)
-    domain = get_domain() if get_domain else None
-    return domain in (VIR_FROM_RPC, VIR_FROM_REMOTE) or err_code(exc) in (
-        VIR_ERR_SYSTEM_ERROR,
-        VIR_ERR_NO_CONNECT,
-    )
+def load_libvirt() -> Any:
+    """libvirt, or AgentError(ERR_INSTALLED) when python3-libvirt is missing."""
+    try:
+        return virt.load_libvirt()
+    except virt.LibvirtUnavailable as e:
+        raise AgentError(ocf.ERR_INSTALLED, str(e)) from None
 
 
 def parse_domain_xml(text: str, where: str) -> Tuple[str, Any]:
     """(name, root element) of a domain XML; AgentError(ERR_CONFIGURED) if it is not one."""
-    import xml.etree.ElementTree as ET
-
     try:
-        root = ET.fromstring(text)  # the admin's own config file, not untrusted input
-    except ET.ParseError as e:
-        raise AgentError(
-            ocf.ERR_CONFIGURED, f"parameter config: {where} is not well-formed XML ({e})"
-        ) from None
-    if root.tag != "domain":
-        raise AgentError(
-            ocf.ERR_CONFIGURED,
-            f"parameter config: {where} is not a libvirt "
-            f"domain XML (root element <{root.tag}>, expected <domain>)",
-        )
-    name = (root.findtext("name") or "").strip()
-    if not name:
-        raise AgentError(ocf.ERR_CONFIGURED, f"parameter config: {where} has no <name> element")
-    return name, root
+        return virt.parse_domain(text, where)
+    except virt.DomainXMLError as e:
+        raise AgentError(ocf.ERR_CONFIGURED, f"parameter config: {e}") from None
 
 
 class Guest:
-    def __init__(self, action: str, env: Env, params: gp.Params, log: Logger) -> None:
+    def __init__(
+        self, action: str, env: Env, params: gp.Params, log: Logger, *, hard_exit: bool = True
+    ) -> None:
         self.action = action
         self.env = env
         self.p = params
@@ -126,11 +109,55 @@ class Guest:
         # Finish before Pacemaker's own timer: keep 10 % (0.5-2 s) for the exit.
         margin = max(0.5, min(2.0, self.timeout * 0.1))
         self.deadline = time.monotonic() + max(0.5, self.timeout - margin)
-        self.wd = Watchdog(self.deadline, env.environ)
+        self.hard_exit = hard_exit
+        self.wd = Watchdog(self.deadline, on_exit=self.on_deadline)
         self.state_path = statefile.path_for(env.environ, env.instance, self.config)
         self._state: Dict[str, str] | None = None
-        self._conn: Conn | None = None
+        self._conn: Connection | None = None
         self._cfg_key = ""
+
+    def dispatch(self) -> int:
+        action = self.action
+        if action in ("monitor", "status"):
+            return self.monitor()
+        if action == "start":
+            return self.start()
+        if action == "stop":
+            return self.stop()
+        if action == "migrate_to":
+            return self.migrate_to()
+        if action == "migrate_from":
+            return self.migrate_from()
+        if action == "validate-all":
+            return self.validate()
+        # reload-agent: reloadable values were validated already; nothing to apply
+        self.log.info("reload-agent: parameters validated")
+        return ocf.SUCCESS
+
+    def on_deadline(self, rc: int, reason: str) -> None:
+        """The watchdog's exit: with hard_exit, print the reason and end the process now
+        (the main thread may be inside a libvirt call that never returns); in process,
+        interrupt the main thread, which returns the verdict (verdict_at_deadline)."""
+        if self.hard_exit:
+            if reason:
+                ocf.exit_reason(reason, self.env.environ)
+            os._exit(rc)
+        virt.interrupt_exit(rc, reason)
+
+    def verdict_at_deadline(self) -> int:
+        """In process: wait for the watchdog's verdict, absorb its interrupt, answer it."""
+        end = time.monotonic() + 15.0
+        try:
+            while self.wd.fired is None and time.monotonic() < end:
+                time.sleep(0.01)
+            for _ in range(50):  # the interrupt lands within one of these
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            pass
+        rc, reason = self.wd.fired or (ocf.ERR_GENERIC, "operation timed out")
+        if reason:
+            raise AgentError(rc, reason)
+        return rc
 
     # ------------------------------------------------------------------ helpers
     def remaining(self) -> float:
@@ -145,9 +172,9 @@ class Guest:
     def save_state(self) -> None:
         statefile.save(self.state_path, self.state)
 
-    def connect(self) -> Conn:
+    def connect(self) -> Connection:
         if self._conn is None:
-            self._conn = Conn(load_libvirt(), self.uri, self.wd)
+            self._conn = Connection(load_libvirt(), self.uri, self.wd)
         return self._conn
 
     def config_problem(self) -> str | None:
@@ -437,7 +464,7 @@ class Guest:
         if dom is not None:
             state, _ = conn.state(dom)
             if state not in (SHUTOFF, CRASHED):
-                self.log.info(f"{name} is already running ({DOMAIN_STATE_NAMES.get(state)})")
+                self.log.info(f"{name} is already running ({STATE_NAMES.get(state)})")
                 return self.finish_start(dom, name)
             if state == CRASHED:
                 self.call_ignoring_off(dom.destroy, f"destroying crashed {name}")
@@ -466,7 +493,7 @@ class Guest:
         self.log.info(f"{name} started ({time.monotonic() - t0:.2f}s after create)")
         return self.finish_start(dom, name)
 
-    def create(self, conn: Conn, name: str, xml: str) -> Any:
+    def create(self, conn: Connection, name: str, xml: str) -> Any:
         lv = conn.lv
         snap = self.p.s("snapshot")
         saved = f"{snap}/{name}.state" if snap else ""
@@ -505,7 +532,7 @@ class Guest:
         self.update_utilization(dom)
         return ocf.SUCCESS
 
-    def start_resources(self, conn: Conn, root: Any) -> None:
+    def start_resources(self, conn: Connection, root: Any) -> None:
         lv = conn.lv
         nets = {
             el.get("network")
@@ -601,7 +628,7 @@ class Guest:
             return self.save_snapshot(conn, dom, name)
         return self.graceful_stop(conn, dom, name)
 
-    def connect_for_stop(self, name: str) -> Conn | None:
+    def connect_for_stop(self, name: str) -> Connection | None:
         """Connect, retrying while libvirtd is unreachable; None means the QEMU process is
         verifiably gone (nothing to stop).  Fails before the deadline otherwise."""
         while True:
@@ -644,7 +671,7 @@ class Guest:
                 )
             self.log.warning(f"{name} still running after destroy ({err}); retrying")
 
-    def graceful_stop(self, conn: Conn, dom: Any, name: str) -> int:
+    def graceful_stop(self, conn: Connection, dom: Any, name: str) -> int:
         lv = conn.lv
         flags = gp.shutdown_flags(self.p.s("shutdown_mode"))
         mode = self.p.s("shutdown_mode") or "default"
@@ -690,7 +717,7 @@ class Guest:
         )
         return self.destroy(dom, name)
 
-    def save_snapshot(self, conn: Conn, dom: Any, name: str) -> int:
+    def save_snapshot(self, conn: Connection, dom: Any, name: str) -> int:
         path = f"{self.p.s('snapshot')}/{name}.state"
         try:
             conn.call(f"saving {name} to {path}", dom.save, path)
@@ -702,7 +729,7 @@ class Guest:
         statefile.remove(path)
         return self.destroy(dom, name)
 
-    def save_config(self, conn: Conn, dom: Any, name: str) -> None:
+    def save_config(self, conn: Connection, dom: Any, name: str) -> None:
         lv = conn.lv
         try:
             xml = conn.call(
@@ -721,9 +748,25 @@ class Guest:
 
     # ------------------------------------------------------------------ migration
     def migrate_to(self) -> int:
-        from .migrate import migrate_to
+        from .migration import migrate_to
 
-        return migrate_to(self)
+        target = self.env.meta("migrate_target")
+        if not target:
+            raise AgentError(
+                ocf.ERR_CONFIGURED,
+                "migrate_to needs OCF_RESKEY_CRM_meta_migrate_target (is allow-migrate set?)",
+            )
+        problem = self.config_problem()
+        name = self.cached_name() if problem else self.domain_name()
+        if name is None:
+            raise AgentError(ocf.ERR_INSTALLED, f"{problem}")
+        conn = self.connect()
+        dom = conn.lookup(name)
+        if dom is None or self.is_off(dom):
+            raise AgentError(ocf.ERR_GENERIC, f"migrate_to: {name} is not active here")
+        if self.p.b("save_config_on_stop") and not problem:
+            self.save_config(conn, dom, name)
+        return migrate_to(conn, dom, name, target, self.p, self.log)
 
     def migrate_from(self) -> int:
         problem = self.config_problem()
@@ -788,7 +831,9 @@ def _check_driver(uri: str) -> str | None:
     return None
 
 
-def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+def run(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None, *, hard_exit: bool = True
+) -> int:
     env = Env(environ)
     if len(argv) < 2:
         sys.stderr.write(USAGE + "\n")
@@ -818,36 +863,40 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
             log.warning(f"stop with invalid parameters ({'; '.join(errors)})")
         else:
             raise AgentError(ocf.ERR_CONFIGURED, errors[0])
-    guest = Guest(action, env, params, log)
+    guest = Guest(action, env, params, log, hard_exit=hard_exit)
     try:
-        if action in ("monitor", "status"):
-            rc = guest.monitor()
-        elif action == "start":
-            rc = guest.start()
-        elif action == "stop":
-            rc = guest.stop()
-        elif action == "migrate_to":
-            rc = guest.migrate_to()
-        elif action == "migrate_from":
-            rc = guest.migrate_from()
-        elif action == "validate-all":
-            rc = guest.validate()
-        else:  # reload-agent: reloadable values were validated above; nothing to apply
-            log.info("reload-agent: parameters validated")
-            rc = ocf.SUCCESS
+        rc = guest.dispatch()
+    except KeyboardInterrupt:
+        if guest.wd.fired is None:
+            raise
+        rc = guest.verdict_at_deadline()
     except BaseException:
         if not guest.wd.finish():
-            time.sleep(10)  # the watchdog is exiting the process with its verdict
-        raise
-    if not guest.wd.finish():
-        time.sleep(10)
+            rc = guest.verdict_at_deadline()  # the watchdog answers (and may end the run)
+        else:
+            raise
+    else:
+        if not guest.wd.finish():
+            rc = guest.verdict_at_deadline()
     return rc
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Entry point: never a traceback; any failure becomes an exit code and a reason."""
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    hard_exit: bool | None = None,
+) -> int:
+    """Entry point: never a traceback; any failure becomes an exit code and a reason.
+
+    ``hard_exit`` (default: True when argv is None, i.e. run by the launcher) lets the
+    watchdog end the process with os._exit at the deadline, the only way out of a libvirt
+    call that never returns; in-process callers (tests) get the same verdict returned
+    instead, through a KeyboardInterrupt in their thread."""
+    if hard_exit is None:
+        hard_exit = argv is None
     try:
-        return run(sys.argv if argv is None else argv, environ)
+        return run(sys.argv if argv is None else argv, environ, hard_exit=hard_exit)
     except AgentError as e:
         ocf.exit_reason(e.reason, environ)
         return e.rc

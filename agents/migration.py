@@ -1,13 +1,27 @@
-"""Remote and migration URIs, built the way ocf:heartbeat:VirtualDomain builds them, and
-the libvirt flags/typed parameters for virDomainMigrateToURI3."""
+"""Live migration: the target's libvirt URI and the migration data URI, built the way
+ocf:heartbeat:VirtualDomain builds them, the libvirt flags and typed parameters for
+virDomainMigrateToURI3, and migrate_to itself (peer-to-peer, progress logging, a bounded
+wait)."""
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import time
+
+from kvmha.virt import err_text
+
+from . import ocf
 from .guest_params import MIGRATE_FLAG_OPTIONS, Params
+from .ocf import AgentError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Tuple
+    from typing import Any, Dict, List, Tuple
+
+    from kvmha.virt import Connection
+
+    from .ocf import Logger
 
 VIR_MIGRATE_LIVE = 1
 VIR_MIGRATE_PEER2PEER = 2
@@ -78,3 +92,111 @@ def flags_and_params(p: Params, node: str, libvirt: Any) -> Tuple[int, Dict[str,
     if p.i("migration_speed") > 0:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = p.i("migration_speed")
     return flags, params
+
+
+PROGRESS_FIRST = 2.0  # first progress line after this many seconds
+PROGRESS_EVERY = 5.0  # then this often
+UNREACHABLE_HINTS = (
+    "unable to connect",
+    "Connection refused",
+    "No route to host",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "Could not resolve",
+    "Connection timed out",
+    "Network is unreachable",
+    "Cannot recv data",
+    "Unable to resolve address",
+)
+
+
+def _progress(stats: Dict[str, Any]) -> str:
+    total = int(stats.get("data_total", 0) or 0)
+    done = int(stats.get("data_processed", 0) or 0)
+    left = int(stats.get("data_remaining", 0) or 0)
+    elapsed = int(stats.get("time_elapsed", 0) or 0) / 1000.0
+    if not total:
+        return f"setting up (no data moved yet), elapsed {elapsed:.1f}s"
+    pct = f"{100.0 * done / total:.0f}%"
+    mib = 1024 * 1024
+    return (
+        f"{pct} ({done // mib}/{total // mib} MiB, {left // mib} MiB left), "
+        f"elapsed {elapsed:.1f}s"
+    )
+
+
+def migrate_to(conn: Connection, dom: Any, name: str, target: str, p: Params, log: Logger) -> int:
+    """Live-migrate ``dom`` to ``target`` within the watchdog's deadline (conn.wd), logging
+    progress, aborting the job when time runs out.  Gets only what it needs: the run's
+    connection, the domain, the parameters and the logger."""
+    lv = conn.lv
+    wd = conn.wd
+    if wd is None:
+        raise AgentError(ocf.ERR_GENERIC, "migrate_to needs a deadline (no watchdog)")
+    dconnuri = remote_uri(p, target)
+    flags, params = flags_and_params(p, target, lv)
+    if p.i("migration_downtime") > 0:
+        try:
+            conn.call(
+                "setting the migration downtime",
+                dom.migrateSetMaxDowntime,
+                p.i("migration_downtime"),
+                0,
+            )
+        except lv.libvirtError as e:
+            log.warning(f"could not set migration downtime for {name}: {err_text(e)}")
+    uri = params.get(lv.VIR_MIGRATE_PARAM_URI, "")
+    log.info(
+        f"{name}: starting live migration to {target} (libvirt {dconnuri}"
+        f"{f', data {uri}' if uri else ''}, flags {flags:#x})"
+    )
+    # The migration call blocks for its whole duration: run it in a second thread so that
+    # this one can log progress and abort the job before the operation deadline.
+    result: List[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def worker() -> None:
+        try:
+            dom.migrateToURI3(dconnuri, params, flags)
+            result.append(None)
+        except BaseException as e:
+            result.append(e)
+        finally:
+            done.release()
+
+    t0 = time.monotonic()
+    wd.step = f"migrating {name} to {target}"
+    _thread.start_new_thread(worker, ())
+    next_log = t0 + PROGRESS_FIRST
+    aborted = False
+    while not done.acquire(timeout=0.1):
+        now = time.monotonic()
+        if not aborted and wd.remaining() < 3.0:
+            log.warning(f"{name}: migration to {target} is running out of time; aborting")
+            try:
+                dom.abortJob()
+            except lv.libvirtError as e:
+                log.warning(f"abortJob: {err_text(e)}")
+            aborted = True
+        if now >= next_log:
+            with contextlib.suppress(lv.libvirtError):
+                log.info(f"{name}: migration to {target}: {_progress(dom.jobStats())}")
+            next_log = now + PROGRESS_EVERY
+    err = result[0] if result else RuntimeError("migration thread vanished")
+    took = time.monotonic() - t0
+    if err is None:
+        log.info(f"{name}: live migration to {target} succeeded in {took:.2f}s")
+        return ocf.SUCCESS
+    msg = err_text(err)
+    if aborted:
+        raise AgentError(
+            ocf.ERR_GENERIC,
+            f"live migration of {name} to {target} did not "
+            f"finish within the operation timeout and was aborted ({msg})",
+        )
+    if any(h.lower() in msg.lower() for h in UNREACHABLE_HINTS):
+        raise AgentError(
+            ocf.ERR_GENERIC, f"cannot reach migration target {target} " f"({dconnuri}): {msg}"
+        )
+    raise AgentError(ocf.ERR_GENERIC, f"live migration of {name} to {target} failed: {msg}")

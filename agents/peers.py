@@ -14,8 +14,9 @@ from __future__ import annotations
 import _thread
 import time
 
+from kvmha.virt import err_text, load_libvirt
+
 from . import migration
-from .virt import err_text, load_libvirt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

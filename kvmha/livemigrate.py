@@ -16,14 +16,17 @@ from typing import Any, Optional
 from kvmha import datacentre, pcmk
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.guests import require_guest, require_host
-from kvmha.process import run, trace
+from kvmha.process import trace
 
 # (percent done or None, one line of text)
 Progress = Callable[[Optional[float], str], None]
 
 
 def _libvirt_uri(source: str, params: dict[str, str]) -> str:
-    local = run(["crm_node", "-n"], check=False).stdout.strip()
+    try:
+        local = pcmk.local_node_name()
+    except KvmhaError:
+        local = ""
     if local == source:
         return params.get("hypervisor") or "qemu:///system"
     transport = params.get("migration_transport") or "ssh"

@@ -70,18 +70,9 @@ def usage_message(exc: click.UsageError) -> tuple[str, str]:
     return message, f"{usage}see '{path} --help'"
 
 
-class Group(click.Group):
-    """A kvmha command group: KvmhaError and usage errors become the one-line format."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KvmhaError as exc:
-            print_error(exc.message, exc.fix, exc.exit_code, _json_wanted(ctx, sys.argv[1:]))
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("kvmha: interrupted", err=True)
-            ctx.exit(130)
+class OneLineErrors(click.Command):
+    """A command (or group) run as a program: usage errors and other click errors become
+    the one-line format, with the fix; never click's usage block."""
 
     def main(
         self,
@@ -110,6 +101,36 @@ class Group(click.Group):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+class Group(OneLineErrors, click.Group):
+    """A kvmha command group: KvmhaError and usage errors become the one-line format."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KvmhaError as exc:
+            print_error(exc.message, exc.fix, exc.exit_code, _json_wanted(ctx, sys.argv[1:]))
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("kvmha: interrupted", err=True)
+            ctx.exit(130)
+
+
+VERDICT_FAILED = 3
+
+
+class VerdictCommand(OneLineErrors):
+    """A command whose exit code is its verdict (0 ok, 1 warnings, 2 errors or
+    incompatible, as doctor and net check answer): a usage error exits 3, so that 1 and 2
+    always mean a verdict."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = VERDICT_FAILED
+            raise
 
 
 def _verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> bool:

@@ -24,15 +24,14 @@ import dataclasses
 import os
 import socket
 import stat
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol
 
+from kvmha import pcmk
 from kvmha.errors import KvmhaError, UsageError
-from kvmha.process import clean_env, run
 from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
@@ -70,11 +69,10 @@ class Finding:
 
 # ---- what a check may ask for ---------------------------------------------------------
 
-Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
-
-
-def default_runner(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return run(argv, timeout=timeout, check=False, env=clean_env())
+# The cluster tools (crm_mon, crm_attribute) run through kvmha.pcmk's runner, the one
+# place that runs them; a test gives a Context its own runner instead.
+Runner = pcmk.Runner
+default_runner: Runner = pcmk.subprocess_runner
 
 
 @dataclasses.dataclass

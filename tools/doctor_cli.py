@@ -16,6 +16,7 @@ from typing import Any, Optional
 import click
 
 from kvmha.errors import KvmhaError
+from kvmha.tools.clibase import VerdictCommand
 from kvmha.tools.doctor import (
     CHECK_NAMES,
     DOCTOR_FAILED,
@@ -36,25 +37,6 @@ STYLE: dict[str, dict[str, Any]] = {
     ERROR: {"fg": "red", "bold": True},
 }
 LABEL = {OK: "ok", WARNING: "WARNING", ERROR: "ERROR"}
-
-
-class _BadOption(click.UsageError):
-    """A bad option: one line (and the fix), like every kvmha error; exit 3."""
-
-    exit_code = DOCTOR_FAILED
-
-    def show(self, file: Any = None) -> None:
-        print_error(self.format_message(), "see 'kvmha doctor --help'", self.exit_code, False)
-
-
-class _DoctorCommand(click.Command):
-    """Bad options exit 3, so that 1 and 2 always mean warnings and errors."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _BadOption(exc.format_message(), ctx) from exc
 
 
 def _progress(enabled: bool) -> Any:
@@ -101,7 +83,7 @@ def render(doc: dict[str, Any], width: Optional[int]) -> list[str]:
     return lines
 
 
-@click.command(cls=_DoctorCommand)
+@click.command(cls=VerdictCommand)
 @json_option
 @click.option(
     "--skip",

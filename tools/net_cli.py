@@ -17,24 +17,12 @@ from typing import Any, Optional
 import click
 
 from kvmha.errors import KvmhaError, UsageError
+from kvmha.tools.clibase import VERDICT_FAILED, VerdictCommand
 from kvmha.tools.output import emit, json_option
-
-CHECK_ERROR = 3
-
-
-class _CheckCommand(click.Command):
-    """Errors of ``check`` exit 3, so that 1 and 2 always mean a verdict."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            exc.exit_code = CHECK_ERROR
-            raise
 
 
 class _CheckError(KvmhaError):
-    exit_code = CHECK_ERROR
+    exit_code = VERDICT_FAILED
 
 
 @click.group()
@@ -42,7 +30,7 @@ def net() -> None:
     """Bonds under bridges: inspect the live stack (check), prove it with traffic (probe)."""
 
 
-@net.command(cls=_CheckCommand)
+@net.command(cls=VerdictCommand)
 @click.option("--netns", metavar="NAME", help="Read this network namespace instead of the host.")
 @json_option
 def check(netns: Optional[str], as_json: bool) -> None:

@@ -25,7 +25,7 @@ def test_short_soak(lab3: Lab, tmp_path: Path) -> None:
         "10",
         "--seed",
         "3",
-        "--json",
+        "--json-file",
         str(out),
         "--plot",
         str(png),

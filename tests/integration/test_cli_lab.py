@@ -89,7 +89,7 @@ def test_data_centre_keeps_its_guest_on_its_hosts(lab3: Lab) -> None:
         assert [h["name"] for h in shown["hosts"]] == ["host3"]
         assert [g["name"] for g in shown["guests"]] == ["guest5"]
         listed = json.loads(kvmha_on(lab3, "host2", "dc", "list", "--json").stdout)
-        assert {d["name"]: d["hosts"] for d in listed} == {
+        assert {d["name"]: d["hosts"] for d in listed["data_centres"]} == {
             "dev": ["host1", "host2"],
             "qa": ["host3"],
         }
@@ -149,7 +149,7 @@ def test_guest_lifecycle_and_migration_with_progress(lab3: Lab) -> None:
         r = kvmha_on(lab3, "host1", "guest", "stop", "guest6")
         assert r.returncode == 0, r.stderr
         listed = json.loads(kvmha_on(lab3, "host1", "guest", "list", "--json").stdout)
-        assert next(g for g in listed if g["name"] == "guest6")["state"] == "stopped"
+        assert next(g for g in listed["guests"] if g["name"] == "guest6")["state"] == "stopped"
         assert kvmha_on(lab3, "host1", "guest", "start", "guest6").returncode == 0
     finally:
         r = kvmha_on(lab3, "host1", "guest", "remove", "guest6")

@@ -104,7 +104,7 @@ def test_paused_counts_as_running(agent: Agent) -> None:
 
 def test_crashed_is_an_error(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     assert agent("start") == ocf.SUCCESS
-    monkeypatch.setattr(guest.Conn, "state", lambda self, dom: (6, 0))
+    monkeypatch.setattr(guest.Connection, "state", lambda self, dom: (6, 0))
     assert agent("monitor", **RECURRING) == ocf.ERR_GENERIC
     assert "crashed" in agent.reason()
     monkeypatch.undo()
@@ -267,7 +267,7 @@ def test_double_start_guard_refuses(agent: Agent, monkeypatch: pytest.MonkeyPatc
     conn = agent.conn()
     conn.createXML(agent.config.read_text(), 0)  # "the peer" runs it
     # the local lookup would find it too; make this host look empty
-    monkeypatch.setattr(guest.Conn, "lookup", lambda self, name: None)
+    monkeypatch.setattr(guest.Connection, "lookup", lambda self, name: None)
     assert agent("start") == ocf.ERR_GENERIC
     assert "already running on test:///default" in agent.reason()
     monkeypatch.undo()

@@ -117,7 +117,8 @@ def test_status_spells_out_the_designated_controller(paper_cluster: None, monkey
 
 def test_lab_status_spells_out_the_designated_controller() -> None:
     text = Path(__file__).resolve().parents[2].joinpath("tools/lab/cli.py").read_text()
-    assert "designated controller {st['dc']" in text and "DC {" not in text
+    assert "designated controller {st['designated_controller']" in text and "DC {" not in text
+    assert 'st["designated_controller"] = st.pop("dc", None)' in text
 
 
 # ---- --json: every document names its schema, and matches it ---------------------------
@@ -361,3 +362,54 @@ def test_verbose_traces_through_process_run() -> None:
     finally:
         process.set_trace(None)
     assert seen == ["running: true 'a b'", "libvirt: open qemu:///system"]
+
+
+# ---- man pages -------------------------------------------------------------------------------
+def test_kvmha_1_has_examples_files_environment_and_an_exit_status_per_command() -> None:
+    from kvmha.tools import manpage
+
+    page = manpage.render("kvmha")
+    for section in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "COMMANDS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "EXAMPLES",
+        "SEE ALSO",
+    ):
+        assert f"\n.SH {section}\n" in page, section
+    exit_part = page.split("\n.SH EXIT STATUS\n", 1)[1].split("\n.SH ", 1)[0]
+    paths = [" ".join(p) for p, _c in manpage._commands(main, [])]
+    assert {"guest add", "doctor", "net check", "lab exec", "fence key create"} <= set(paths)
+    for path in paths:
+        assert f".B kvmha {manpage._roff(path)}\n" in exit_part, path
+    assert manpage._roff(manpage.EXIT_STATUS["doctor"]) in exit_part
+    assert "NO_COLOR" in page and "KVMHA_VERBOSE" in page
+    # every override names a real command
+    assert set(manpage.EXIT_STATUS) <= set(paths)
+
+
+def test_the_listener_and_fence_agent_pages() -> None:
+    from kvmha.tools import manpage
+
+    listener = manpage.render("kvmha-fence-listener")
+    assert listener.startswith(".TH KVMHA\\-FENCE\\-LISTENER 8")
+    assert "\\-\\-config" in listener and "\n.SH EXIT STATUS\n" in listener
+    assert "/etc/kvmha/fence/listener.conf" in listener
+    agent = manpage.render("fence_kvmha")
+    assert agent.startswith(".TH") and "fence_kvmha" in agent
+
+
+def test_installed_manpage_module_renders_every_page() -> None:
+    for page in ("kvmha", "kvmha-fence-listener", "fence_kvmha"):
+        r = subprocess.run(
+            ["/usr/bin/python3", "-I", "-m", "kvmha.tools.manpage", page],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0 and r.stdout.startswith(".TH"), (page, r.stderr)

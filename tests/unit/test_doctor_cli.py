@@ -73,7 +73,7 @@ def test_bad_input_as_a_separate_process() -> None:
     )
     assert r.returncode == 3
     assert r.stdout == ""
-    assert r.stderr.splitlines()[0].startswith("kvmha: error: Invalid value for '--skip'")
+    assert r.stderr.splitlines()[0].startswith("kvmha: error: doctor: invalid value for '--skip'")
 
 
 def test_help_documents_the_exit_codes() -> None:

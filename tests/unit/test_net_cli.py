@@ -46,7 +46,9 @@ def test_check_unknown_namespace(no_leftovers: object) -> None:
 
 def test_check_bad_option_is_not_a_verdict() -> None:
     rc, out = invoke("net", "check", "--bogus")
-    assert rc == 3 and "No such option" in out
+    assert rc == 3
+    assert out.splitlines()[0] == "kvmha: error: net check: no such option: --bogus"
+    assert out.splitlines()[1].startswith("kvmha: fix: usage: kvmha net check [OPTIONS]")
 
 
 def test_probe_unknown_mode(no_leftovers: object) -> None:

@@ -69,17 +69,23 @@ def lab() -> None:
     show_default=True,
     help="Corosync token timeout in ms.",
 )
-def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int) -> None:
+@json_option
+def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int, as_json: bool) -> None:
     """Bring the lab up (idempotent); returns when every host is online and quorate."""
     _lab(labdir).up(hosts, guests, agent, token_ms)
+    if as_json:
+        emit("lab-action", {"action": "up", "host": None, "done": True})
 
 
 @lab.command()
 @labdir_option
 @click.option("--purge", is_flag=True, help="Also delete the lab directory (logs included).")
-def down(labdir: Path, purge: bool) -> None:
+@json_option
+def down(labdir: Path, purge: bool, as_json: bool) -> None:
     """Stop every lab process by PID and remove the lab's namespaces."""
     _lab(labdir).down(purge)
+    if as_json:
+        emit("lab-action", {"action": "down", "host": None, "done": True})
 
 
 @lab.command()
@@ -88,12 +94,14 @@ def down(labdir: Path, purge: bool) -> None:
 def status(labdir: Path, as_json: bool) -> None:
     """Hosts, guests and the last fencing of the lab."""
     st = _lab(labdir, progress=False).status()
+    # "dc" means a data centre everywhere in kvmha: Pacemaker's DC is spelled out
+    st["designated_controller"] = st.pop("dc", None)
     if as_json:
         emit("lab-status", st)
         return
     click.echo(
         f"lab {st['labdir']}  agent {st['agent']}  quorate {st['quorate']}  "
-        f"designated controller {st['dc'] or '-'}"
+        f"designated controller {st['designated_controller'] or '-'}"
     )
     click.echo(f"{'HOST':8} {'STATE':9} {'POWER':6} {'NETWORK':10} ADDRESS")
     for h in st["hosts"]:
