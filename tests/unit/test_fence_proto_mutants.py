@@ -118,3 +118,120 @@ def test_key_fields_keep_values_with_equals_signs_and_spaces(tmp_path: Path) -> 
     p = key_file(tmp_path, agent.key_text("gc1", SECRET, {"tag": " a=b "}))
     k = Key.load(str(p))
     assert (k.name, k.fields["tag"]) == ("gc1", "a=b")
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_with_the_reason(tmp_path: Path) -> None:
+    p = tmp_path / "k.key"
+    p.write_bytes(b"name=gc1\nsecret=\xff\xfe\n")
+    os.chmod(p, 0o600)
+    with pytest.raises(KeyFileError, match="cannot read key file"):
+        Key.load(str(p))
+
+
+def test_a_key_file_that_cannot_be_opened_is_refused_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = key_file(tmp_path, agent.key_text("gc1", SECRET))
+    import builtins
+
+    real = builtins.open
+
+    def deny(path: object, *a: object, **kw: object) -> object:
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *a, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", deny)
+    with pytest.raises(KeyFileError, match="cannot read key file .*Permission denied"):
+        Key.load(str(p))
+
+
+def test_a_key_path_through_a_file_is_refused_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(KeyFileError, match="Not a directory"):
+        Key.load(str(tmp_path / "f" / "k.key"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_a_root_owned_key_is_accepted_by_another_user() -> None:
+    """check_key_mode: the owner may be the process's user or root (the RPM installs the
+    keys root-owned), nobody else."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    d = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(d, 0o755)
+        p = Path(d) / "k.key"
+        p.write_text(agent.key_text("gc1", SECRET))
+        os.chmod(p, 0o600)
+        code = f"from kvmha.fence.agent import check_key_mode; check_key_mode({str(p)!r})"
+        r = subprocess.run(
+            [shutil.which("runuser") or "runuser", "-u", "nobody", "--",
+             "/usr/bin/python3", "-I", "-c", code],
+            capture_output=True, text=True, timeout=30, check=False, cwd="/",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    finally:
+        shutil.rmtree(d)
+
+
+def test_a_bad_key_line_is_quoted_cut_to_40_characters() -> None:
+    with pytest.raises(KeyFileError) as e:
+        agent.parse_key_text("x" * 100 + "\n", "k")
+    assert str(e.value) == f"k: not a key=value line: {'x' * 40!r}"
+
+
+def _fake_listener(reply: dict[str, object] | None, refuse: str = "") -> int:
+    """A listener holding the key that answers one exchange with `reply` (MAC'd
+    correctly) or refuses it with `refuse`."""
+    import socket
+    import threading
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        c, _ = srv.accept()
+        with c, srv:
+            hello = agent.read_frame(c, 4096, time.monotonic() + 5)
+            ns = os.urandom(32)
+            agent.send_frame(c, {"type": "challenge", "ns": ns.hex()}, time.monotonic() + 5)
+            req = agent.read_frame(c, 4096, time.monotonic() + 5)
+            if refuse:
+                agent.send_frame(c, {"type": "refused", "reason": refuse}, time.monotonic() + 5)
+                return
+            assert reply is not None
+            nc = bytes.fromhex(str(hello["nc"]))
+            cmac = bytes.fromhex(str(req["mac"]))
+            body = reply["body"]
+            smac = agent.server_mac(SECRET, "gc1", nc, ns, cmac, body)  # type: ignore[arg-type]
+            agent.send_frame(c, {**reply, "mac": smac.hex()}, time.monotonic() + 5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(srv.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"type": "responsx", "body": {"status": "ok", "state": "off"}},
+        {"type": "response", "body": ["ok", "off"]},
+    ],
+)
+def test_an_answer_that_is_not_a_response_is_not_believed(reply: dict[str, object]) -> None:
+    """exchange: a correctly signed frame is still only an answer if it is a response
+    frame with an object body."""
+    port = _fake_listener(reply)
+    with pytest.raises(agent.ProtocolError, match="unexpected answer to the request"):
+        agent.exchange("127.0.0.1", port, Key("gc1", SECRET), BODY, 5, 5)
+
+
+def test_a_refusal_reason_is_quoted_cut_to_200_characters() -> None:
+    port = _fake_listener(None, refuse="r" * 300)
+    with pytest.raises(agent.ProtocolError) as e:
+        agent.exchange("127.0.0.1", port, Key("gc1", SECRET), BODY, 5, 5)
+    assert str(e.value) == "refused: " + "r" * 200

@@ -123,3 +123,8 @@ def test_write_private_never_writes_through_a_planted_temporary_file(tmp_path: P
         write_private(tmp_path / "k.key", agent.key_text("k", os.urandom(32)))
     assert victim.read_text() == "untouched\n"
     assert not (tmp_path / "k.key").exists()
+
+
+def test_a_missing_key_directory_is_no_keys_not_an_error(tmp_path: Path) -> None:
+    store = KeyStore(str(tmp_path / "nonexistent"), lambda msg: None)
+    assert store.get("gc1") is None and store.all() == []

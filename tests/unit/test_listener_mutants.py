@@ -311,3 +311,21 @@ def test_a_host_request_whose_libvirt_fails_is_an_error_answer(lab: Lab, key: Pa
     ans = _exchange(lab, hk, {"action": "locate", "plug": "guest1"})
     assert ans["body"]["status"] == "error" and ans["body"]["code"] == "libvirt-error", ans
     assert ans["body"]["message"] == "libvirt on host1 is down", ans
+
+
+def test_off_of_a_shut_off_domain_on_the_listeners_host_is_already_off(lab: Lab, key: Path) -> None:
+    """_early_local_off: only a running local domain is powered off early; a shut-off
+    one is reported already off."""
+    d = lab.world.find("host1", "guest1")
+    assert d is not None
+    d.persistent, d.active = True, False
+    rc, out, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host1"]))
+    assert (rc, out.strip()) == (0, "Success: Already OFF"), err
+    assert lab.world.offs == []
+
+
+def test_a_request_without_a_timeout_gets_20_seconds(lab: Lab, key: Path) -> None:
+    seen = _recording_offs(lab, "host1")
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest1"})
+    assert ans["body"]["status"] == "ok"
+    assert set(seen) == {20.0}

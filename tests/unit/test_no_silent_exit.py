@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvmha.agents import ocf
-from kvmha.agents.virt import Watchdog
+from kvmha.virt import Watchdog
 
 UNIT = Path(__file__).resolve().parent
 
@@ -32,8 +32,7 @@ def test_watchdog_that_fires_interrupts_the_main_thread() -> None:
     main thread as SilentExit rather than ending pytest with the verdict as exit code."""
     from unit.conftest import SilentExit
 
-    wd = Watchdog(time.monotonic() + 0.2)
-    wd.verdict = lambda step: (ocf.SUCCESS, "")
+    Watchdog(time.monotonic() + 0.2, lambda step: (ocf.SUCCESS, ""))  # exits the process
     with pytest.raises(SilentExit, match=r"os\._exit\(0\)"):
         time.sleep(10)  # the main thread "hung in libvirt"
     trap = os._exit
@@ -46,10 +45,9 @@ def test_a_suite_whose_agent_run_hangs_fails_loudly(tmp_path: Path) -> None:
     (tmp_path / "test_hang.py").write_text(
         "import time\n"
         "from kvmha.agents import ocf\n"
-        "from kvmha.agents.virt import Watchdog\n"
+        "from kvmha.virt import Watchdog\n"
         "def test_hangs():\n"
-        "    wd = Watchdog(time.monotonic() + 0.2)\n"
-        "    wd.verdict = lambda step: (ocf.SUCCESS, '')\n"
+        "    Watchdog(time.monotonic() + 0.2, lambda step: (ocf.SUCCESS, ''))\n"
         "    time.sleep(10)\n"
         "def test_after():\n"
         "    pass\n"
