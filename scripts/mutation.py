@@ -346,7 +346,15 @@ def run_target(
         from cosmic_ray.work_item import TestOutcome
 
         with use_db(str(db)) as wdb:
-            again = [j for j, r in wdb.results if retest and r.test_outcome == TestOutcome.SURVIVED]
+            again = [
+                j
+                for j, r in wdb.results
+                if retest
+                and (
+                    r.test_outcome == TestOutcome.SURVIVED
+                    or (r.test_outcome == TestOutcome.KILLED and broken_run(r.output or ""))
+                )
+            ]
             with wdb._session_maker.begin() as session:  # no public API to reset results
                 from cosmic_ray.work_db import WorkResultStorage
 
