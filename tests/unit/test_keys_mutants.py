@@ -22,11 +22,14 @@ def test_a_dc_scope_allows_its_own_data_centre_only() -> None:
 def test_a_bad_key_file_is_reported_once_not_at_every_reload(tmp_path: Path) -> None:
     warnings: list[str] = []
     store = KeyStore(str(tmp_path), warnings.append)
-    write_private(tmp_path / "broken.key", "name=broken\n")  # no secret, no scope
+    write_private(tmp_path / "a-broken.key", "name=broken\n")  # no secret, no scope
+    write_private(tmp_path / "gc1.key", agent.key_text("gc1", os.urandom(32), {"tag": "t"}))
     store.reload(force=True)
+    assert len(warnings) == 1 and "a-broken.key" in warnings[0]  # at once
     store.reload(force=True)
-    assert len(warnings) == 1 and "broken.key" in warnings[0]
-    assert str(tmp_path / "broken.key") in store.problems()
+    assert len(warnings) == 1  # not again
+    assert store.get("gc1") is not None  # a bad file does not hide the ones after it
+    assert str(tmp_path / "a-broken.key") in store.problems()
 
 
 def test_write_private_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:
@@ -127,4 +130,5 @@ def test_write_private_never_writes_through_a_planted_temporary_file(tmp_path: P
 
 def test_a_missing_key_directory_is_no_keys_not_an_error(tmp_path: Path) -> None:
     store = KeyStore(str(tmp_path / "nonexistent"), lambda msg: None)
+    store.reload(force=True)
     assert store.get("gc1") is None and store.all() == []

@@ -329,3 +329,42 @@ def test_a_request_without_a_timeout_gets_20_seconds(lab: Lab, key: Path) -> Non
     ans = _exchange(lab, key, {"action": "off", "plug": "guest1"})
     assert ans["body"]["status"] == "ok"
     assert set(seen) == {20.0}
+
+
+def test_malformed_nonces_and_macs_are_refused_as_such(lab: Lab, key: Path) -> None:
+    """handle: a bad hex field is a bad hello or a bad request, never an internal error."""
+    import socket
+    import time
+
+    from kvmha.fence import agent
+
+    port = lab.ports["host1"]
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        hello = {"type": "hello", "proto": agent.PROTOCOL, "key": "gc1", "nc": "zz"}
+        agent.send_frame(s, hello, time.monotonic() + 5)
+        ans = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+    assert (ans["type"], ans.get("code")) == ("refused", "bad-hello"), ans
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        hello = {"type": "hello", "proto": agent.PROTOCOL, "key": "gc1", "nc": "00" * 32}
+        agent.send_frame(s, hello, time.monotonic() + 5)
+        agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+        req = {"type": "request", "body": {"action": "status", "plug": "guest1"}, "mac": "zz"}
+        agent.send_frame(s, req, time.monotonic() + 5)
+        ans = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+    assert (ans["type"], ans.get("code")) == ("refused", "bad-request"), ans
+
+
+def test_every_host_that_failed_to_power_off_is_named(lab: Lab, key: Path) -> None:
+    """_off_everywhere: one failure does not stop the round: every copy is tried and
+    every failing host named in the error."""
+    uuid = lab.world.find("host1", "guest1").uuid  # type: ignore[union-attr]
+    lab.world.add("guest1", "host2", uuid=uuid)
+
+    def refuse(plug: str, timeout: float) -> Info:
+        raise BackendError("virDomainDestroy failed")
+
+    for h in ("host1", "host2"):
+        lab.listeners[h].backend.off = refuse  # type: ignore[method-assign]
+    ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": 5})
+    msg = ans["body"].get("message", "")
+    assert ans["body"]["status"] == "error" and "host1:" in msg and "host2:" in msg, ans
