@@ -183,7 +183,9 @@ def test_a_bad_key_line_is_quoted_cut_to_40_characters() -> None:
     assert str(e.value) == f"k: not a key=value line: {'x' * 40!r}"
 
 
-def _fake_listener(reply: dict[str, object] | None, refuse: str = "") -> int:
+def _fake_listener(
+    reply: dict[str, object] | None, refuse: str = "", at_hello: bool = False
+) -> int:
     """A listener holding the key that answers one exchange with `reply` (MAC'd
     correctly) or refuses it with `refuse`."""
     import socket
@@ -198,6 +200,9 @@ def _fake_listener(reply: dict[str, object] | None, refuse: str = "") -> int:
         c, _ = srv.accept()
         with c, srv:
             hello = agent.read_frame(c, 4096, time.monotonic() + 5)
+            if at_hello:
+                agent.send_frame(c, {"type": "refused", "reason": refuse}, time.monotonic() + 5)
+                return
             ns = os.urandom(32)
             agent.send_frame(c, {"type": "challenge", "ns": ns.hex()}, time.monotonic() + 5)
             req = agent.read_frame(c, 4096, time.monotonic() + 5)
@@ -230,8 +235,9 @@ def test_an_answer_that_is_not_a_response_is_not_believed(reply: dict[str, objec
         agent.exchange("127.0.0.1", port, Key("gc1", SECRET), BODY, 5, 5)
 
 
-def test_a_refusal_reason_is_quoted_cut_to_200_characters() -> None:
-    port = _fake_listener(None, refuse="r" * 300)
+@pytest.mark.parametrize("at_hello", [True, False])
+def test_a_refusal_reason_is_quoted_cut_to_200_characters(at_hello: bool) -> None:
+    port = _fake_listener(None, refuse="r" * 300, at_hello=at_hello)
     with pytest.raises(agent.ProtocolError) as e:
         agent.exchange("127.0.0.1", port, Key("gc1", SECRET), BODY, 5, 5)
     assert str(e.value) == "refused: " + "r" * 200
