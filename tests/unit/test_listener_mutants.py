@@ -368,3 +368,17 @@ def test_every_host_that_failed_to_power_off_is_named(lab: Lab, key: Path) -> No
     ans = _exchange(lab, key, {"action": "off", "plug": "guest1", "timeout": 5})
     msg = ans["body"].get("message", "")
     assert ans["body"]["status"] == "error" and "host1:" in msg and "host2:" in msg, ans
+
+
+@pytest.mark.parametrize("name", ["bad name", "-gc1", 7])
+def test_a_bad_key_name_in_the_hello_is_refused_as_such(lab: Lab, key: Path, name: Any) -> None:
+    import socket
+    import time
+
+    from kvmha.fence import agent
+
+    with socket.create_connection(("127.0.0.1", lab.ports["host1"])) as s:
+        hello = {"type": "hello", "proto": agent.PROTOCOL, "key": name, "nc": "00" * 32}
+        agent.send_frame(s, hello, time.monotonic() + 5)
+        ans = agent.read_frame(s, agent.MAX_RESPONSE_FRAME, time.monotonic() + 5)
+    assert ans["type"] == "refused" and ans["reason"] == "bad key name in hello", ans
