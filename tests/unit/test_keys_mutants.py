@@ -132,3 +132,13 @@ def test_a_missing_key_directory_is_no_keys_not_an_error(tmp_path: Path) -> None
     store = KeyStore(str(tmp_path / "nonexistent"), lambda msg: None)
     store.reload(force=True)
     assert store.get("gc1") is None and store.all() == []
+
+
+def test_a_key_file_named_after_another_key_is_refused_and_hides_nothing(tmp_path: Path) -> None:
+    write_private(tmp_path / "a.key", agent.key_text("other", os.urandom(32), {"tag": "t"}))
+    write_private(tmp_path / "gc1.key", agent.key_text("gc1", os.urandom(32), {"tag": "t"}))
+    warnings: list[str] = []
+    store = KeyStore(str(tmp_path), warnings.append)
+    assert [k.key.name for k in store.all()] == ["gc1"]
+    assert "file name does not match name=other" in store.problems()[str(tmp_path / "a.key")]
+    assert len(warnings) == 1
