@@ -146,7 +146,7 @@ TARGETS: dict[str, Target] = {
     "guest": Target(
         "agents/guest.py",
         (
-            "connection_lost",
+            "Guest.verdict_at_deadline",
             "Guest.domain_name",
             "Guest.is_off",
             "Guest.wait_off",
