@@ -6,6 +6,12 @@ TOP := $(CURDIR)/dist/rpm/build
 RPMFLAGS := --define "_topdir $(TOP)"
 ifeq ($(shell rpm -q --quiet python3-rpm-macros 2>/dev/null && echo yes),)
 RPMFLAGS += --load $(CURDIR)/packaging/rpm/macros.non-rpm-distro --nodeps
+# %check's pytest: the checkout's venv (Debian's /usr/bin/python3 has none)
+ifneq ($(wildcard $(CURDIR)/.venv/bin/python),)
+RPMFLAGS += --define "kvmha_pytest $(CURDIR)/.venv/bin/python -m pytest"
+else
+RPMFLAGS += --nocheck
+endif
 endif
 
 .PHONY: rpm sdist clean

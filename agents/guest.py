@@ -14,6 +14,8 @@ import time
 from kvmha import virt
 from kvmha.virt import (
     CRASHED,
+    PAUSED,
+    PMSUSPENDED,
     SHUTOFF,
     STATE_NAMES,
     VIR_ERR_NO_DOMAIN,
@@ -45,6 +47,8 @@ DEFAULT_TIMEOUTS = {
     "reload-agent": 10.0,
 }
 MIGRATE_FROM_GRACE = 5.0  # seconds for a migrated domain to show up on the target
+UTILIZATION = ("cpu", "hv_memory", "host_memory")
+RUNTIME_DIR = virt.QEMU_STATE_DIR  # libvirtd's status files of running QEMU domains
 POLL = 0.025  # state polling interval while waiting for a stop/start (s)
 SHUTDOWN_RESEND = 3.0  # re-send the graceful request this often (lost ACPI presses)
 USAGE = (
@@ -95,6 +99,57 @@ def parse_domain_xml(text: str, where: str) -> Tuple[str, Any]:
         raise AgentError(ocf.ERR_CONFIGURED, f"parameter config: {e}") from None
 
 
+def write_config(path: str, text: str) -> None:
+    """Replace the file behind ``path`` (a symlink is followed, not replaced) atomically,
+    with the old file's mode and owner.  Refuses (OSError) when the file does not exist:
+    its directory may be an unmounted mount point, and a new file there would be found
+    instead of the real one once the storage is mounted again."""
+    real = os.path.realpath(path)
+    st = os.stat(real)  # FileNotFoundError: nothing to replace, so nothing is written
+    tmp = f"{real}.kvmha-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o7777)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777)
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, real)
+    except BaseException:
+        statefile.remove(tmp)
+        raise
+
+
+class Request:
+    """One libvirt call run in its own thread, so that the caller keeps polling and keeps
+    its deadline while the call waits (a guest agent that does not answer)."""
+
+    def __init__(self, lv: Any, fn: Any, *args: Any) -> None:
+        import _thread
+
+        self.error: BaseException | None = None
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._lv = lv
+        _thread.start_new_thread(self._run, (fn, args))
+
+    def _run(self, fn: Any, args: Tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._lock.release()
+
+    def done(self) -> bool:
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            return True
+        return False
+
+
 class Guest:
     def __init__(
         self, action: str, env: Env, params: gp.Params, log: Logger, *, hard_exit: bool = True
@@ -115,6 +170,7 @@ class Guest:
         self._state: Dict[str, str] | None = None
         self._conn: Connection | None = None
         self._cfg_key = ""
+        self.param_errors: List[str] = []
 
     def dispatch(self) -> int:
         action = self.action
@@ -130,8 +186,12 @@ class Guest:
             return self.migrate_from()
         if action == "validate-all":
             return self.validate()
-        # reload-agent: reloadable values were validated already; nothing to apply
-        self.log.info("reload-agent: parameters validated")
+        # reload-agent: reloadable values are read on every run; nothing to apply.  Bad
+        # values are logged and shown by the next monitor (190), never a 6 here.
+        if self.param_errors:
+            ocf.exit_reason(self.param_errors[0], self.env.environ)
+        else:
+            self.log.info("reload-agent: parameters validated")
         return ocf.SUCCESS
 
     def on_deadline(self, rc: int, reason: str) -> None:
@@ -197,13 +257,11 @@ class Guest:
             return st["name"]
         return None
 
-    def fallback_name(self) -> str:
-        """The domain name to look for when the config cannot be read and nothing is
-        remembered on this node: the resource's own name ('kvmha guest add' makes them
-        equal). A guest that arrived by live migration while the config was unreadable
-        here must still be found, or the cluster would start it a second time elsewhere
-        (VirtualDomain's issue #1231)."""
-        return (self.env.get("OCF_RESOURCE_INSTANCE") or "").split(":", 1)[0]
+    @property
+    def resource(self) -> str:
+        """The resource id (a clone's instance number stripped): the mark the agent writes
+        into every domain it starts or receives, and looks guests up by."""
+        return (self.env.instance or "").split(":", 1)[0]
 
     def read_config(self) -> Tuple[str, str, Any]:
         """(domain name, XML text, parsed root) of the config file; caches the name."""
@@ -247,45 +305,94 @@ class Guest:
                 return False
             time.sleep(POLL)
 
-    def process_verdict(self, name: str, why: str, *, stopping: bool) -> Tuple[int, str]:
-        """Decide from the QEMU process list (libvirt down or not answering)."""
+    def local_pids(self, name: str | None) -> List[int]:
+        """PIDs of this resource's QEMU processes, found without libvirt: libvirtd's
+        status files (/run/libvirt/qemu/*.xml) give each running domain's mark, name and
+        pid; the process table gives the QEMU with ``-name NAME`` of a known name.  A
+        domain that merely has the resource id as its name is never counted.  Raises
+        TimeoutError when the scan cannot finish."""
         from .procscan import find_qemu_pids
 
-        if not is_local_uri(self.uri):
-            return ocf.ERR_GENERIC, f"{why}; cannot check {name} on remote hypervisor"
+        end = time.monotonic() + 2.0
+        pids = {
+            d.pid
+            for d in virt.runtime_domains(RUNTIME_DIR, deadline=end)
+            if (self.resource and d.mark == self.resource) or (name and d.name == name)
+        }
+        if name:
+            pids.update(find_qemu_pids(name, deadline=end))
+        return sorted(pids)
+
+    def process_verdict(self, name: str | None, why: str, *, stopping: bool) -> Tuple[int, str]:
+        """Decide from the QEMU processes (libvirt down or not answering)."""
+        what = name or f"the domain of {self.resource or 'this resource'}"
+        if not is_local_uri(self.uri) or virt.uri_driver(self.uri) != "qemu":
+            return ocf.ERR_GENERIC, f"{why}; cannot check {what} without libvirt on {self.uri}"
         try:
-            pids = find_qemu_pids(name, deadline=time.monotonic() + 2.0)
-        except TimeoutError as e:
+            pids = self.local_pids(name)
+        except (TimeoutError, OSError) as e:
             return ocf.ERR_GENERIC, f"{why}; QEMU process scan incomplete ({e})"
         if stopping:
             if pids:
                 return ocf.ERR_GENERIC, (
-                    f"cannot stop {name}: {why}, and its QEMU process "
+                    f"cannot stop {what}: {why}, and its QEMU process "
                     f"(pid {', '.join(map(str, pids))}) still runs"
                 )
-            self.log.warning(f"{why}; no QEMU process of {name} runs: it is stopped")
+            self.log.warning(f"{why}; no QEMU process of {what} runs: it is stopped")
             return ocf.SUCCESS, ""
         if pids:
-            self.log.warning(
-                f"{why}; QEMU process {pids[0]} of {name} runs: " "reporting it running"
-            )
+            self.log.warning(f"{why}; QEMU process {pids[0]} of {what} runs: reporting it running")
             return ocf.SUCCESS, ""
-        self.log.info(f"{why}; no QEMU process of {name}: not running")
+        self.log.info(f"{why}; no QEMU process of {what}: not running")
         return ocf.NOT_RUNNING, ""
+
+    def known_name(self) -> Tuple[str | None, str | None]:
+        """(domain name, problem): the name from the config file, or, when the config
+        cannot be used (missing, unreadable, half-written, not a domain), the name this
+        host remembered for the resource (None if none) and the reason."""
+        problem = self.config_problem()
+        if not problem:
+            try:
+                return self.domain_name(), None
+            except AgentError as e:
+                problem = e.reason
+        return self.cached_name(), problem
+
+    def find_domain(self, conn: Connection, name: str | None, by_mark: bool) -> Any | None:
+        """This resource's domain on this host: by its name, else (when by_mark, i.e. the
+        config cannot be read) the active domain that carries the resource's mark."""
+        if name:
+            dom = conn.lookup(name)
+            if dom is not None:
+                return dom
+        if by_mark and self.resource:
+            marked = conn.marked(self.resource)
+            if len(marked) > 1:
+                self.log.error(
+                    f"{len(marked)} domains carry the mark of {self.resource}: "
+                    f"{', '.join(d.name() for d in marked)}"
+                )
+            if marked:
+                self.remember_found(marked[0].name())
+                return marked[0]
+        return None
+
+    def remember_found(self, name: str) -> None:
+        """Remember a name found by the mark, so later runs look it up directly."""
+        st = self.state
+        if st.get("name") != name or st.get("config") != self.config:
+            st.update(config=self.config, key="", name=name)
+            self.save_state()
 
     # ------------------------------------------------------------------ monitor
     def monitor(self) -> int:
+        """See the return-code contract in docs/agent.md: never 6; 7 only when no domain
+        of this resource runs here; a broken config or parameter under a running guest
+        gives 190 with the reason; the state reason decides between 0, 190 and 1."""
         probe = self.env.is_probe(self.action)
-        problem = self.config_problem()
-        if problem:
-            if not probe:
-                raise AgentError(ocf.ERR_GENERIC, problem)
-            name = self.cached_name() or self.fallback_name()
-            if not name:
-                self.log.info(f"probe: {problem}; reporting not running")
-                return ocf.NOT_RUNNING
-        else:
-            name = self.domain_name()
+        name, problem = self.known_name()
+        degraded = [problem] if problem else []
+        degraded += self.param_errors
         self.wd.verdict = lambda step: self.process_verdict(
             name, f"libvirt did not answer in time while {step}", stopping=False
         )
@@ -299,24 +406,45 @@ class Guest:
             )
             if why:
                 raise AgentError(rc, why) from None
+            if rc == ocf.SUCCESS and degraded:
+                return self.degraded(degraded)
             return rc
-        dom = conn.lookup(name)
+        dom = self.find_domain(conn, name, by_mark=problem is not None)
         if dom is None:
+            if problem:
+                self.log.info(f"{problem}; no domain of {self.resource} runs here")
             return ocf.NOT_RUNNING
-        state, _reason = conn.state(dom)
-        if state == SHUTOFF:
+        dom_name: str = dom.name()
+        state, reason = conn.state(dom)
+        verdict = virt.health(state, reason)
+        desc = virt.describe(state, reason)
+        if verdict == "off":
             return ocf.NOT_RUNNING
-        if state == CRASHED:
-            raise AgentError(ocf.ERR_GENERIC, f"domain {name} has crashed")
-        if problem:  # probe found it running although the config is unreadable
-            self.log.warning(f"{problem}; but domain {name} runs")
-            return ocf.SUCCESS
+        if verdict == "failed":
+            raise AgentError(ocf.ERR_GENERIC, f"domain {dom_name} is {desc}")
+        if verdict == "held":
+            return self.degraded([f"domain {dom_name} is {desc}", *degraded])
+        if problem and probe:
+            return self.degraded(degraded)
         self.wd.verdict = self.wd.default_verdict
-        self.run_monitor_scripts(name)
+        self.run_monitor_scripts(dom_name)
         self.update_utilization(dom)
         if self.env.check_level >= 10:
-            self.health(dom, name)
-        return ocf.SUCCESS
+            try:
+                self.health(dom, dom_name)
+            except AgentError as e:
+                if not self.in_start_grace():
+                    raise
+                degraded.insert(0, f"still starting (health_start_grace): {e.reason}")
+        return self.degraded(degraded) if degraded else ocf.SUCCESS
+
+    def degraded(self, reasons: List[str]) -> int:
+        """OCF_RUNNING_DEGRADED (190) with the reasons as the exit reason: crm_mon shows
+        it, Pacemaker counts it as running and leaves the guest alone."""
+        text = "; ".join(reasons)
+        self.log.warning(f"running degraded: {text}")
+        ocf.exit_reason(text, self.env.environ)
+        return ocf.DEGRADED
 
     def run_monitor_scripts(self, name: str) -> None:
         scripts = self.p.s("monitor_scripts").split()
@@ -349,53 +477,55 @@ class Guest:
                 )
 
     def update_utilization(self, dom: Any) -> None:
-        """Set cpu / hv_memory utilization only when they differ from what was last set
-        (remembered in the state file), so monitors do not run crm_resource."""
-        want_cpu = self.p.b("autoset_utilization_cpu")
-        want_mem = self.p.b("autoset_utilization_hv_memory")
-        rsc = self.env.instance.split(":", 1)[0]
-        if not (want_cpu or want_mem) or not rsc:
+        """Set cpu / hv_memory / host_memory utilization only when they differ from what
+        was last set (remembered in the state file), so monitors do not run crm_resource;
+        unset_utilization_* wins over autoset_utilization_*."""
+        rsc = self.resource
+        want = [
+            k
+            for k in UTILIZATION
+            if self.p.b(f"autoset_utilization_{k}") and not self.p.b(f"unset_utilization_{k}")
+        ]
+        if not want or not rsc:
             return
         info = self.connect().call("reading domain info", dom.info)
-        todo = []
-        if want_cpu:
-            todo.append(("cpu", str(info[3])))
-        if want_mem:
-            todo.append(("hv_memory", str(int(info[1]) // 1024)))
-        changed = [(k, v) for k, v in todo if self.state.get(f"util_{k}") != v]
+        values = {"cpu": str(info[3]), "hv_memory": str(int(info[1]) // 1024)}
+        values["host_memory"] = values["hv_memory"]
+        changed = [(k, values[k]) for k in want if self.state.get(f"util_{k}") != values[k]]
         if not changed:
             return
-        import subprocess
-
         for key, value in changed:
             self.wd.step = f"setting utilization {key}"
-            try:
-                res = subprocess.run(
-                    [
-                        "crm_resource",
-                        "--resource",
-                        rsc,
-                        "--utilization",
-                        "--set-parameter",
-                        key,
-                        "--parameter-value",
-                        value,
-                    ],
-                    capture_output=True,
-                    check=False,
-                    timeout=max(0.1, min(10.0, self.remaining() - 0.5)),
-                )
-                ok = res.returncode == 0
-                detail = res.stderr.decode("utf-8", "replace").strip()
-            except (OSError, subprocess.TimeoutExpired) as e:
-                ok, detail = False, str(e)
-            if ok:
+            problem = self.crm_utilization(rsc, key, value)
+            if problem is None:
                 self.log.info(f"utilization {key} of {rsc} set to {value}")
             else:
-                self.log.warning(f"could not set utilization {key}={value} of {rsc}: {detail}")
+                self.log.warning(f"could not set utilization {key}={value} of {rsc}: {problem}")
             # remembered either way: no retry on every monitor; start resets the memory
             self.state[f"util_{key}"] = value
         self.save_state()
+
+    def unset_utilization(self) -> None:
+        """unset_utilization_*: remove those utilization attributes (start, migrate_from)."""
+        rsc = self.resource
+        for key in UTILIZATION:
+            if rsc and self.p.b(f"unset_utilization_{key}"):
+                self.wd.step = f"removing utilization {key}"
+                problem = self.crm_utilization(rsc, key, None)
+                if problem is None:
+                    self.log.info(f"utilization {key} of {rsc} removed")
+                else:
+                    self.log.warning(f"could not remove utilization {key} of {rsc}: {problem}")
+
+    def crm_utilization(self, rsc: str, key: str, value: str | None) -> str | None:
+        """Set (or, with None, delete) one utilization attribute; why not, or None."""
+        from kvmha import pcmk  # lazy: only when a value changes, never in a plain monitor
+
+        try:
+            pcmk.set_utilization(rsc, key, value, max(0.1, min(10.0, self.remaining() - 0.5)))
+        except Exception as e:  # KvmhaError (failed, timed out, no cluster), OSError
+            return str(e)
+        return None
 
     def health(self, dom: Any, name: str) -> None:
         from . import health
@@ -446,6 +576,7 @@ class Guest:
                 )
 
     def start(self) -> int:
+        self.refuse_unsupported()
         problem = self.config_problem()
         if problem:
             raise AgentError(ocf.ERR_INSTALLED, problem)
@@ -459,7 +590,6 @@ class Guest:
             raise AgentError(
                 ocf.ERR_GENERIC, f"cannot connect to {self.uri}: {err_text(e)}"
             ) from None
-        lv = conn.lv
         dom = conn.lookup(name)
         if dom is not None:
             state, _ = conn.state(dom)
@@ -471,20 +601,13 @@ class Guest:
             if conn.call("checking persistence", dom.isPersistent):
                 # Like VirtualDomain: the config file is the definition of record; a
                 # persistent definition could autostart it behind the cluster's back.
-                self.log.info(
-                    f"undefining the persistent definition of {name} "
-                    "(the guest runs as a transient domain from config)"
-                )
-                try:
-                    conn.call(f"undefining {name}", dom.undefine)
-                except lv.libvirtError as e:
-                    self.log.warning(f"could not undefine {name}: {err_text(e)}")
+                self.undefine(conn, dom, name)
         self.double_start_guard(name)
         if self.p.b("start_resources"):
             self.start_resources(conn, root)
-        self.state.pop("util_cpu", None)
-        self.state.pop("util_hv_memory", None)
-        dom = self.create(conn, name, xml)
+        for key in UTILIZATION:
+            self.state.pop(f"util_{key}", None)
+        dom = self.create(conn, name, xml, root)
         t0 = time.monotonic()
         while conn.state(dom)[0] == SHUTOFF:
             if self.remaining() < POLL:
@@ -493,44 +616,125 @@ class Guest:
         self.log.info(f"{name} started ({time.monotonic() - t0:.2f}s after create)")
         return self.finish_start(dom, name)
 
-    def create(self, conn: Connection, name: str, xml: str) -> Any:
+    def undefine(self, conn: Connection, dom: Any, name: str) -> None:
+        """Undefine the persistent definition, after backing it up next to the agent's
+        state (/run/resource-agents/kvmha-Guest-<rsc>.<name>.xml; VirtualDomain users lost
+        definitions here, resource-agents #487 and #364).  UEFI guests keep their NVRAM
+        (VIR_DOMAIN_UNDEFINE_KEEP_NVRAM: the transient guest boots from it), and managed
+        save images and snapshot metadata do not block the undefine."""
+        lv = conn.lv
+        self.log.info(
+            f"undefining the persistent definition of {name} "
+            "(the guest runs as a transient domain from config)"
+        )
+        try:
+            xml = conn.call(
+                f"reading the definition of {name}",
+                dom.XMLDesc,
+                lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE,
+            )
+            backup = self.state_path[: -len(".state")] + f".{name}.xml"
+            with open(backup, "w", encoding="utf-8") as f:
+                f.write(xml)
+            self.log.info(f"backed up the definition of {name} to {backup}")
+        except (lv.libvirtError, OSError) as e:
+            self.log.warning(f"not undefining {name}: its definition cannot be backed up ({e})")
+            return
+        # a guest with NVRAM cannot be undefined without saying what becomes of it
+        flags = lv.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if "<nvram" in xml else 0
+        try:
+            conn.call(f"undefining {name}", dom.undefineFlags, flags)
+        except lv.libvirtError as e:
+            self.log.warning(f"could not undefine {name}: {err_text(e)}")
+
+    def marked_xml(self, xml: str, root: Any) -> str:
+        """The config with the resource's mark in <metadata> (the file itself is left
+        alone): libvirt keeps it in the live definition and migrates it with the guest."""
+        if not self.resource:
+            return xml
+        import xml.etree.ElementTree as ET
+
+        virt.with_mark(root, self.resource)
+        return ET.tostring(root, encoding="unicode")
+
+    def create(self, conn: Connection, name: str, xml: str, root: Any) -> Any:
         lv = conn.lv
         snap = self.p.s("snapshot")
         saved = f"{snap}/{name}.state" if snap else ""
         if saved and os.path.exists(saved):
             try:
                 conn.call(f"restoring {name} from {saved}", conn.conn.restore, saved)
-                self.log.info(f"{name} restored from {saved}")
-                dom = conn.lookup(name)
-                if dom is not None:
-                    statefile.remove(saved)
-                    return dom
             except lv.libvirtError as e:
-                self.log.warning(
-                    f"restoring {name} from {saved} failed ({err_text(e)}); " "starting it fresh"
-                )
+                # like VirtualDomain: an error, and the saved state is kept (a cold boot
+                # would throw away the memory the admin asked to keep)
+                raise AgentError(
+                    ocf.ERR_GENERIC,
+                    f"restoring {name} from {saved} failed ({err_text(e)}); the saved state "
+                    "is kept: remove it to start the guest fresh",
+                ) from None
+            self.log.info(f"{name} restored from {saved}")
+            dom = conn.lookup(name)
+            if dom is None:
+                raise AgentError(ocf.ERR_GENERIC, f"{name} is not there after its restore")
             statefile.remove(saved)
+            self.ensure_mark(conn, dom)
+            return dom
         try:
-            return conn.call(f"creating {name}", conn.conn.createXML, xml, 0)
+            return conn.call(f"creating {name}", conn.conn.createXML, self.marked_xml(xml, root), 0)
         except lv.libvirtError as e:
             raise AgentError(ocf.ERR_GENERIC, f"failed to start {name}: {err_text(e)}") from None
+
+    def ensure_mark(self, conn: Connection, dom: Any) -> None:
+        """Mark a running domain as this resource's when it is not yet (restored from an
+        old save image, or received from a host that ran an older agent)."""
+        if not self.resource:
+            return
+        lv = conn.lv
+        try:
+            if conn.mark(dom) == self.resource:
+                return
+            conn.call(
+                "marking the domain",
+                dom.setMetadata,
+                lv.VIR_DOMAIN_METADATA_ELEMENT,
+                virt.mark_xml(self.resource),
+                virt.MARK_PREFIX,
+                virt.MARK_NS,
+                lv.VIR_DOMAIN_AFFECT_LIVE,
+            )
+        except lv.libvirtError as e:
+            self.log.warning(f"could not mark {dom.name()} as {self.resource}: {err_text(e)}")
 
     def finish_start(self, dom: Any, name: str) -> int:
         """After start/migrate_from: the guest counts as started once its monitor scripts
         and its health checks pass (retried until the deadline: a guest that has just been
         created is still booting, and a deep monitor right after start must not fail on
         that), then utilization."""
+        grace = self.p.i("health_start_grace")
+        self.state["started"] = str(int(time.time()))
+        self.save_state()
         while True:
             try:
                 self.run_monitor_scripts(name)
-                self.health(dom, name)
+                if not grace:
+                    self.health(dom, name)
                 break
             except AgentError as e:
                 if self.remaining() < 1.5:
                     raise AgentError(ocf.ERR_GENERIC, f"{name} runs but {e.reason}") from None
                 time.sleep(0.5)
+        self.unset_utilization()
         self.update_utilization(dom)
         return ocf.SUCCESS
+
+    def in_start_grace(self) -> bool:
+        """True within health_start_grace seconds of this host's last start of the guest."""
+        grace = self.p.i("health_start_grace")
+        try:
+            started = int(self.state.get("started", "0"))
+        except ValueError:
+            return False
+        return bool(grace) and 0 <= time.time() - started < grace
 
     def start_resources(self, conn: Connection, root: Any) -> None:
         lv = conn.lv
@@ -576,59 +780,65 @@ class Guest:
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> int:
-        problem = self.config_problem()
-        name: str | None
+        """Success only when this resource's domain is confirmed off or absent here: found
+        by the config's name, or (config unusable) by the remembered name or the mark."""
+        name, problem = self.known_name()
         if problem:
-            name = self.cached_name() or self.fallback_name()
-            if not name:
-                self.log.warning(
-                    f"stop: {problem}; no domain name known for this resource: "
-                    "assuming it is not running here"
-                )
-                return ocf.SUCCESS
-            self.log.warning(f"stop: {problem}; stopping domain {name} if it runs")
-        else:
-            try:
-                name = self.domain_name()
-            except AgentError:
-                name = self.cached_name()
-                if name is None:
-                    raise
-        dom_name = name
+            self.log.warning(
+                f"stop: {problem}; stopping "
+                + (f"domain {name}" if name else f"the domain marked {self.resource}")
+                + " if it runs"
+            )
         self.wd.verdict = lambda step: self.process_verdict(
-            dom_name, f"libvirt did not answer in time while {step}", stopping=True
+            name, f"libvirt did not answer in time while {step}", stopping=True
         )
         # libvirtd may die in the middle of a stop and come back (systemd restarts it):
         # reconnect and go on, rather than fail the stop and have the host fenced
         while True:
             try:
-                return self.stop_once(name)
+                return self.stop_once(name, by_mark=problem is not None)
             except Exception as e:
-                if not connection_lost(e) or self.remaining() < 2.0:
+                if not virt.is_transient(e) or self.remaining() < 2.0:
                     raise
                 self.log.warning(
-                    f"lost libvirt while stopping {name} ({err_text(e)}); reconnecting"
+                    f"libvirt error while stopping {name or self.resource} ({err_text(e)}); "
+                    "retrying"
                 )
-                self._conn = None
+                if connection_lost(e):
+                    self._conn = None
                 time.sleep(0.5)
 
-    def stop_once(self, name: str) -> int:
-        conn = self.connect_for_stop(name)
+    def stop_once(self, known: str | None, *, by_mark: bool) -> int:
+        conn = self.connect_for_stop(known)
         if conn is None:
             return ocf.SUCCESS
-        dom = conn.lookup(name)
-        if dom is None or self.is_off(dom):
+        dom = self.find_domain(conn, known, by_mark)
+        if dom is None:
+            self.log.info(f"{known or 'no domain of ' + self.resource} is not running")
+            return ocf.SUCCESS
+        name: str = dom.name()
+        state, reason = conn.state(dom)
+        if state == SHUTOFF:
             self.log.info(f"{name} is not running")
             return ocf.SUCCESS
-        if self.p.b("save_config_on_stop"):
+        if self.p.b("save_config_on_stop") and not by_mark:
             self.save_config(conn, dom, name)
         if self.p.b("force_stop"):
             return self.destroy(dom, name)
+        if state in (PAUSED, CRASHED, PMSUSPENDED) and not (
+            self.p.s("snapshot") and state == PAUSED
+        ):
+            # a paused, crashed or suspended guest cannot react to a shutdown request:
+            # waiting out the graceful window would only delay the failover
+            self.log.info(f"{name} is {virt.describe(state, reason)}: forcing it off at once")
+            return self.destroy(dom, name)
         if self.p.s("snapshot"):
-            return self.save_snapshot(conn, dom, name)
+            rc = self.save_snapshot(conn, dom, name)
+            if rc is not None:
+                return rc
         return self.graceful_stop(conn, dom, name)
 
-    def connect_for_stop(self, name: str) -> Connection | None:
+    def connect_for_stop(self, name: str | None) -> Connection | None:
         """Connect, retrying while libvirtd is unreachable; None means the QEMU process is
         verifiably gone (nothing to stop).  Fails before the deadline otherwise."""
         while True:
@@ -672,7 +882,10 @@ class Guest:
             self.log.warning(f"{name} still running after destroy ({err}); retrying")
 
     def graceful_stop(self, conn: Connection, dom: Any, name: str) -> int:
-        lv = conn.lv
+        """Ask the guest to shut down (resent every SHUTDOWN_RESEND s: an ACPI press before
+        acpid listens is lost), poll the state, destroy at the end of the window.  The
+        request runs in its own thread, so a guest agent that does not answer never holds
+        the stop past its window; a failing guest-agent request falls back to ACPI."""
         flags = gp.shutdown_flags(self.p.s("shutdown_mode"))
         mode = self.p.s("shutdown_mode") or "default"
         # keep time to force it off: destroy itself takes ~0.2 s, up to seconds under load
@@ -683,27 +896,21 @@ class Guest:
             end = min(end, t0 + self.p.i("shutdown_timeout"))
         next_request = t0
         requests = 0
+        pending: Request | None = None
         while True:
             now = time.monotonic()
-            if now >= next_request and now < end:
-                try:
-                    conn.call(f"asking {name} to shut down ({mode})", dom.shutdownFlags, flags)
-                    requests += 1
-                except lv.libvirtError as e:
-                    msg = err_text(e)
-                    if (
-                        err_code(e) in (VIR_ERR_NO_DOMAIN, VIR_ERR_OPERATION_INVALID)
-                        or "End of file from agent socket" in msg
-                    ):
-                        # gone, not running, or the agent's shutdown raced its reply:
-                        # maybe; the state decides.
-                        self.log.debug(f"shutdown request for {name}: {msg}")
-                    else:
-                        self.log.warning(
-                            f"graceful shutdown of {name} ({mode}) refused: "
-                            f"{msg}; forcing it off"
-                        )
+            if pending is not None and pending.done():
+                err, pending = pending.error, None
+                if err is not None:
+                    flags, mode, give_up = self.shutdown_refused(err, flags, mode, name)
+                    if give_up:
                         return self.destroy(dom, name)
+                    if give_up is None:  # fell back to another mode: ask again now
+                        next_request = now
+            if pending is None and now >= next_request and now < end:
+                pending = Request(conn.lv, dom.shutdownFlags, flags)
+                self.wd.step = f"asking {name} to shut down ({mode})"
+                requests += 1
                 next_request = now + SHUTDOWN_RESEND
             if self.is_off(dom):
                 self.log.info(f"{name} shut down gracefully in {time.monotonic() - t0:.2f}s")
@@ -717,19 +924,53 @@ class Guest:
         )
         return self.destroy(dom, name)
 
-    def save_snapshot(self, conn: Connection, dom: Any, name: str) -> int:
+    def shutdown_refused(
+        self, err: BaseException, flags: int, mode: str, name: str
+    ) -> Tuple[int, str, bool | None]:
+        """(flags, mode, give_up) after a failed shutdown request: give_up True means
+        destroy now, None means retry at once with the new flags, False wait and resend."""
+        msg = err_text(err)
+        code = err_code(err)
+        if code in (VIR_ERR_NO_DOMAIN, VIR_ERR_OPERATION_INVALID) or (
+            "End of file from agent socket" in msg
+        ):
+            # gone, not running, or the agent's shutdown raced its reply: the state decides
+            self.log.debug(f"shutdown request for {name}: {msg}")
+            return flags, mode, False
+        agent_flag = gp.SHUTDOWN_MODES["agent"]
+        acpi_flag = gp.SHUTDOWN_MODES["acpi"]
+        if flags & agent_flag and flags != acpi_flag:
+            self.log.warning(
+                f"shutdown of {name} through the guest agent failed ({msg}); trying ACPI"
+            )
+            return acpi_flag, "acpi", None
+        if virt.is_transient(err):
+            self.log.warning(f"shutdown request for {name} failed ({msg}); resending")
+            return flags, mode, False
+        self.log.warning(f"graceful shutdown of {name} ({mode}) refused: {msg}; forcing it off")
+        return flags, mode, True
+
+    def save_snapshot(self, conn: Connection, dom: Any, name: str) -> int | None:
+        """Save the guest's state to <snapshot>/<name>.state; None when the save failed
+        (the caller goes on with a graceful shutdown, not an immediate destroy)."""
         path = f"{self.p.s('snapshot')}/{name}.state"
         try:
             conn.call(f"saving {name} to {path}", dom.save, path)
-            if self.wait_off(dom, self.deadline):
+            if self.wait_off(dom, self.deadline - 1.0):
                 self.log.info(f"{name} saved to {path}")
                 return ocf.SUCCESS
+            why = "it still runs after the save"
         except conn.lv.libvirtError as e:
-            self.log.warning(f"saving {name} to {path} failed ({err_text(e)}); forcing it off")
-        statefile.remove(path)
-        return self.destroy(dom, name)
+            why = err_text(e)
+        self.log.warning(f"saving {name} to {path} failed ({why}); shutting it down instead")
+        statefile.remove(path)  # a partial image must never be restored
+        return None
 
     def save_config(self, conn: Connection, dom: Any, name: str) -> None:
+        """save_config_on_stop: write the inactive definition back to ``config`` the way
+        an admin would edit it: through a symlink to its target, keeping the file's mode
+        and owner, atomically; never into a directory that is an empty mount point (the
+        shared storage is not mounted: writing there would hide the real file later)."""
         lv = conn.lv
         try:
             xml = conn.call(
@@ -738,10 +979,7 @@ class Guest:
                 lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE,
             )
             parse_domain_xml(xml, f"the definition of {name}")
-            tmp = f"{self.config}.kvmha-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(xml)
-            os.replace(tmp, self.config)
+            write_config(self.config, xml)
             self.log.info(f"saved the definition of {name} to {self.config}")
         except (lv.libvirtError, OSError, AgentError) as e:
             self.log.warning(f"could not save the definition of {name} to {self.config}: {e}")
@@ -756,8 +994,7 @@ class Guest:
                 ocf.ERR_CONFIGURED,
                 "migrate_to needs OCF_RESKEY_CRM_meta_migrate_target (is allow-migrate set?)",
             )
-        problem = self.config_problem()
-        name = self.cached_name() if problem else self.domain_name()
+        name, problem = self.known_name()
         if name is None:
             raise AgentError(ocf.ERR_INSTALLED, f"{problem}")
         conn = self.connect()
@@ -766,7 +1003,32 @@ class Guest:
             raise AgentError(ocf.ERR_GENERIC, f"migrate_to: {name} is not active here")
         if self.p.b("save_config_on_stop") and not problem:
             self.save_config(conn, dom, name)
+        if self.p.b("start_resources") and not problem:
+            self.start_resources_on(target)
         return migrate_to(conn, dom, name, target, self.p, self.log)
+
+    def start_resources_on(self, target: str) -> None:
+        """start_resources on the migration target, before the guest moves there (as
+        VirtualDomain does against the remote URI)."""
+        import contextlib
+
+        from .migration import remote_uri
+
+        root = self.read_config()[2]
+        uri = remote_uri(self.p, target)
+        try:
+            remote = Connection(self.connect().lv, uri, self.wd)
+        except Exception as e:
+            raise AgentError(
+                ocf.ERR_GENERIC,
+                f"start_resources: cannot reach migration target {target} ({uri}): "
+                f"{err_text(e)}",
+            ) from None
+        try:
+            self.start_resources(remote, root)
+        finally:
+            with contextlib.suppress(Exception):
+                remote.conn.close()
 
     def migrate_from(self) -> int:
         problem = self.config_problem()
@@ -799,14 +1061,31 @@ class Guest:
                 )
             time.sleep(POLL * 4)
         self.log.info(f"live migration of {name} from {source} succeeded")
+        self.ensure_mark(conn, dom)
         if self.p.b("save_config_on_stop"):
             self.save_config(conn, dom, name)
-        self.state.pop("util_cpu", None)
-        self.state.pop("util_hv_memory", None)
+        for key in UTILIZATION:
+            self.state.pop(f"util_{key}", None)
         return self.finish_start(dom, name)
 
     # ------------------------------------------------------------------ validate / reload
+    def refuse_unsupported(self) -> None:
+        """validate-all and start refuse what they cannot honour (never accept and ignore:
+        a 'stateless' guest that silently kept its state would be data kept unasked)."""
+        hv = hypervisor_problem(self.uri)
+        if hv:
+            raise AgentError(ocf.ERR_CONFIGURED, hv)
+        for name in gp.UNSUPPORTED_VIRTUALDOMAIN:
+            value = (self.env.param(name) or "").strip()
+            if value and ocf.parse_bool(value) is not False:
+                raise AgentError(
+                    ocf.ERR_CONFIGURED,
+                    f"parameter {name} (of ocf:heartbeat:VirtualDomain) is not supported by "
+                    "ocf:kvmha:Guest: remove it, or keep the guest under VirtualDomain",
+                )
+
     def validate(self) -> int:
+        self.refuse_unsupported()
         problem = self.config_problem()
         if problem:
             raise AgentError(ocf.ERR_INSTALLED, problem)
@@ -822,6 +1101,23 @@ class Guest:
                 f"parameter hypervisor: cannot connect to " f"{self.uri} ({err_text(e)})",
             ) from None
         return ocf.SUCCESS
+
+
+SUPPORTED_DRIVERS = ("qemu", "test")  # test: libvirt's test driver, for the unit tests
+
+
+def hypervisor_problem(uri: str) -> str | None:
+    """Why Guest refuses a hypervisor it knows but cannot look after: when libvirt does not
+    answer, probe and stop decide from QEMU's processes and libvirtd's QEMU status files,
+    which other drivers (lxc, xen, ...) do not have; a probe would report 7 while the
+    guest runs (ocf:heartbeat:VirtualDomain supports them)."""
+    driver = virt.uri_driver(uri)
+    if driver in SUPPORTED_DRIVERS:
+        return None
+    return (
+        f"parameter hypervisor={uri!r}: the {driver} driver is not supported: Guest runs "
+        "QEMU/KVM guests only (use ocf:heartbeat:VirtualDomain for other hypervisors)"
+    )
 
 
 def _check_driver(uri: str) -> str | None:
@@ -850,20 +1146,32 @@ def run(
     if action not in DEFAULT_TIMEOUTS:
         sys.stderr.write(USAGE + "\n")
         return ocf.ERR_UNIMPLEMENTED
-    log = Logger(f"Guest({env.instance or 'kvmha'})", env.environ)
+    log = Logger(f"Guest({env.instance or 'kvmha'})", env.environ, action)
+    if log.trace_path:
+        log.debug(
+            f"trace of {action} (OCF_TRACE_RA): environment "
+            + " ".join(
+                f"{k}={v}" for k, v in sorted(env.environ.items()) if k.startswith(("OCF_", "HA_"))
+            )
+        )
     params, errors = gp.parse(env)
     driver_problem = _check_driver(params.s("hypervisor")) if params.s("hypervisor") else None
     if driver_problem:
         errors.append(driver_problem)
+    tolerant = action in ("stop", "monitor", "status", "reload-agent")
     if errors:
         for e in errors[1:]:
             log.error(e)
-        if action == "stop" and params.s("config") and not driver_problem:
-            # never fail a stop over a value stop does not need: defaults are used
-            log.warning(f"stop with invalid parameters ({'; '.join(errors)})")
+        if tolerant and (not driver_problem or action != "stop"):
+            # Never 6 from a probe, monitor or reload-agent (Pacemaker would stop the
+            # guest everywhere), and never fail a stop over a value it does not need:
+            # defaults are used (a missing config: the guest is found by its mark); a
+            # monitor reports 190 with the reason while the guest runs.
+            log.warning(f"{action} with invalid parameters ({'; '.join(errors)})")
         else:
             raise AgentError(ocf.ERR_CONFIGURED, errors[0])
     guest = Guest(action, env, params, log, hard_exit=hard_exit)
+    guest.param_errors = list(errors)
     try:
         rc = guest.dispatch()
     except KeyboardInterrupt:

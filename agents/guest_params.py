@@ -272,11 +272,36 @@ PARAMS: Tuple[Param, ...] = (
     P(
         "autoset_utilization_host_memory",
         "boolean",
-        "Deprecated: not supported",
-        "Deprecated and ignored: kvmha does not set node host_memory attributes.",
+        "Set the host_memory utilization",
+        "Set the resource's 'host_memory' utilization to the domain's maximum memory in MiB "
+        "on start and when it changes (as VirtualDomain does).",
+        default=True,
+        reloadable=True,
+    ),
+    P(
+        "unset_utilization_cpu",
+        "boolean",
+        "Remove the cpu utilization",
+        "Remove the resource's 'cpu' utilization on start and migrate_from (wins over "
+        "autoset_utilization_cpu).",
         default=False,
         reloadable=True,
-        deprecated_desc="Ignored; node utilization is the administrator's job.",
+    ),
+    P(
+        "unset_utilization_hv_memory",
+        "boolean",
+        "Remove the hv_memory utilization",
+        "Remove the resource's 'hv_memory' utilization on start and migrate_from.",
+        default=False,
+        reloadable=True,
+    ),
+    P(
+        "unset_utilization_host_memory",
+        "boolean",
+        "Remove the host_memory utilization",
+        "Remove the resource's 'host_memory' utilization on start and migrate_from.",
+        default=False,
+        reloadable=True,
     ),
     P(
         "peer_uris",
@@ -355,6 +380,20 @@ PARAMS: Tuple[Param, ...] = (
         reloadable=True,
     ),
     P(
+        "health_start_grace",
+        "integer",
+        "Seconds a just started guest may fail its health checks",
+        "Start (and migrate_from) waits for the health checks until the operation timeout. "
+        "With a grace of N seconds, start succeeds once the domain runs and its "
+        "monitor_scripts pass, and for N seconds after the start a deep monitor whose health "
+        "checks fail reports running degraded (190, 'still starting') instead of a failure. "
+        "0: the health checks must pass within the start timeout.",
+        default=0,
+        lo=0,
+        hi=86400,
+        reloadable=True,
+    ),
+    P(
         "health_timeout",
         "integer",
         "Seconds per health check",
@@ -385,7 +424,14 @@ MIGRATE_FLAG_OPTIONS = {
     "--tls": 65536,
     "--parallel": 131072,
 }
+# accepted without a libvirt flag of their own: the switch to post-copy after the first
+# pass of pre-copy (virsh migrate --postcopy-after-precopy)
+MIGRATE_SWITCH_OPTIONS = ("--postcopy-after-precopy",)
 MIGRATE_VALUE_OPTIONS = ("--migrateuri", "--listen-address")
+# integer-valued: connections of --parallel, seconds before the switch to post-copy
+MIGRATE_INT_OPTIONS = ("--parallel-connections", "--postcopy-after")
+# VirtualDomain parameters kvmha does not implement: refused, never accepted and ignored
+UNSUPPORTED_VIRTUALDOMAIN = ("backingfile", "stateless", "copyindirs")
 
 
 class Params:
@@ -483,9 +529,21 @@ def _check_syntax(p: Params) -> List[str]:
         key = opt.split("=", 1)[0]
         if key in MIGRATE_FLAG_OPTIONS and "=" not in opt:
             continue
+        if key in MIGRATE_SWITCH_OPTIONS and "=" not in opt:
+            continue
         if key in MIGRATE_VALUE_OPTIONS and "=" in opt and opt.split("=", 1)[1]:
             continue
+        if key in MIGRATE_INT_OPTIONS and opt.split("=", 1)[-1].isdigit() and "=" in opt:
+            continue
         errors.append(f"parameter migrate_options: unsupported option {opt!r}")
+    opts = {o.split("=", 1)[0] for o in p.s("migrate_options").split()}
+    if opts & {"--postcopy-after-precopy", "--postcopy-after"} and "--postcopy" not in opts:
+        errors.append(
+            "parameter migrate_options: --postcopy-after-precopy and --postcopy-after need "
+            "--postcopy"
+        )
+    if "--parallel-connections" in opts and "--parallel" not in opts:
+        errors.append("parameter migrate_options: --parallel-connections needs --parallel")
     for ep in p.s("health_tcp").split():
         if split_host_port(ep) is None:
             errors.append(f"parameter health_tcp: {ep!r} is not host:port")

@@ -83,7 +83,11 @@ def agent_exec(dom: Any, argv: List[str], expect_status: int, timeout: float) ->
             if st.get("exited"):
                 break
             if time.monotonic() + delay > deadline:
-                return f"health_command {' '.join(argv)!r} did not finish in {timeout:g}s"
+                killed = _kill_in_guest(dom, pid)
+                return (
+                    f"health_command {' '.join(argv)!r} did not finish in {timeout:g}s"
+                    f" ({killed})"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     except Exception as e:
@@ -96,6 +100,21 @@ def agent_exec(dom: Any, argv: List[str], expect_status: int, timeout: float) ->
             f"{expect_status}{_output(st)}"
         )
     return None
+
+
+def _kill_in_guest(dom: Any, pid: int) -> str:
+    """End a guest-exec command that outlived its timeout, so health checks do not pile up
+    in the guest: the guest agent has no kill command, so it runs kill -KILL <pid> there
+    (found on the guest's PATH)."""
+    try:
+        _agent(
+            dom,
+            {"execute": "guest-exec", "arguments": {"path": "kill", "arg": ["-KILL", str(pid)]}},
+            2.0,
+        )
+    except Exception as e:
+        return f"could not kill guest pid {pid}: {_msg(e)}"
+    return f"killed in the guest, pid {pid}"
 
 
 def _output(st: dict[str, Any]) -> str:

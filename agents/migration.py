@@ -84,6 +84,8 @@ def flags_and_params(p: Params, node: str, libvirt: Any) -> Tuple[int, Dict[str,
             flags |= MIGRATE_FLAG_OPTIONS[key]
         elif key == "--listen-address":
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = value
+        elif key == "--parallel-connections":
+            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = int(value)
     if flags & MIGRATE_FLAG_OPTIONS["--offline"]:
         flags &= ~VIR_MIGRATE_LIVE
     uri = migrate_uri(p, node)
@@ -123,6 +125,43 @@ def _progress(stats: Dict[str, Any]) -> str:
         f"{pct} ({done // mib}/{total // mib} MiB, {left // mib} MiB left), "
         f"elapsed {elapsed:.1f}s"
     )
+
+
+def postcopy_switch(p: Params) -> Tuple[bool, float | None]:
+    """(after the first pre-copy pass, after this many seconds): when migrate_to calls
+    virDomainMigrateStartPostCopy; (False, None) when it never does (then --postcopy only
+    allows an admin to switch)."""
+    after_pass = False
+    after_s: float | None = None
+    for opt in p.s("migrate_options").split():
+        key, _eq, value = opt.partition("=")
+        if key == "--postcopy-after-precopy":
+            after_pass = True
+        elif key == "--postcopy-after" and value.isdigit():
+            after_s = float(value)
+    return after_pass, after_s
+
+
+def start_postcopy(
+    dom: Any, name: str, lv: Any, log: Logger, after_pass: bool, after_s: float | None, t: float
+) -> bool:
+    """Switch a running migration to post-copy once its condition holds; True once done
+    (or once it can no longer be done)."""
+    due = after_s is not None and t >= after_s
+    if not due and after_pass:
+        try:
+            stats = dom.jobStats()
+        except lv.libvirtError:
+            return False
+        due = int(stats.get("memory_iteration", 0) or 0) >= 2  # the first pass is done
+    if not due:
+        return False
+    try:
+        dom.migrateStartPostCopy(0)
+        log.info(f"{name}: migration switched to post-copy after {t:.1f}s")
+    except lv.libvirtError as e:
+        log.warning(f"{name}: could not switch the migration to post-copy: {err_text(e)}")
+    return True
 
 
 def migrate_to(conn: Connection, dom: Any, name: str, target: str, p: Params, log: Logger) -> int:
@@ -170,8 +209,19 @@ def migrate_to(conn: Connection, dom: Any, name: str, target: str, p: Params, lo
     _thread.start_new_thread(worker, ())
     next_log = t0 + PROGRESS_FIRST
     aborted = False
+    after_pass, after_s = (
+        postcopy_switch(p)
+        if flags & MIGRATE_FLAG_OPTIONS["--postcopy"]
+        else (
+            False,
+            None,
+        )
+    )
+    switched = not (after_pass or after_s is not None)
     while not done.acquire(timeout=0.1):
         now = time.monotonic()
+        if not switched and not aborted:
+            switched = start_postcopy(dom, name, lv, log, after_pass, after_s, now - t0)
         if not aborted and wd.remaining() < 3.0:
             log.warning(f"{name}: migration to {target} is running out of time; aborting")
             try:

@@ -170,15 +170,39 @@ _PRIORITIES = {
 
 class Logger:
     """ocf_log for Python: syslog facility from HA_LOGFACILITY (``none`` turns syslog off),
-    debug lines only with HA_debug=1, and a copy to HA_LOGFILE (or HA_DEBUGLOG for debug)
-    when set.  ``syslog`` is imported on the first message only."""
+    the tag from HA_LOGTAG (default ``Guest(<resource>)``), debug lines only with
+    HA_debug=1, and a copy to HA_LOGFILE (or HA_DEBUGLOG for debug) when set.  Tracing of
+    one operation like ocf-shellfuncs' trace_ra: with OCF_TRACE_RA=1 (the resource's
+    ``trace_ra=1`` meta attribute, passed as OCF_RESKEY_trace_ra) every line, debug
+    included, goes to OCF_TRACE_FILE, or to
+    ``$HA_VARLIB/trace_ra/<type>/<resource>.<action>.<date>`` (HA_VARLIB defaults to
+    /var/lib/heartbeat).  ``syslog`` is imported on the first message only."""
 
-    def __init__(self, tag: str, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, tag: str, environ: Mapping[str, str] | None = None, action: str = ""
+    ) -> None:
         self.env = os.environ if environ is None else environ
-        self.tag = tag
+        self.tag = self.env.get("HA_LOGTAG") or tag
         self._opened = False
+        self.trace_path = self._trace_path(action) if self.tracing() else ""
+
+    def tracing(self) -> bool:
+        raw = self.env.get("OCF_TRACE_RA") or self.env.get("OCF_RESKEY_trace_ra") or ""
+        return raw.strip().lower() in _TRUE
+
+    def _trace_path(self, action: str) -> str:
+        explicit = self.env.get("OCF_TRACE_FILE", "")
+        if explicit.startswith("/"):
+            return explicit
+        base = self.env.get("HA_VARLIB") or "/var/lib/heartbeat"
+        rtype = self.env.get("OCF_RESOURCE_TYPE") or "Guest"
+        rsc = (self.env.get("OCF_RESOURCE_INSTANCE") or "unknown").replace("/", "_")
+        stamp = time.strftime("%Y-%m-%d.%H:%M:%S")
+        return f"{base}/trace_ra/{rtype}/{rsc}.{action or 'none'}.{stamp}"
 
     def debug_enabled(self) -> bool:
+        if self.trace_path:
+            return True
         return self.env.get("HA_debug", "0") not in ("", "0", "false", "no", "off")
 
     def log(self, level: str, msg: str) -> None:
@@ -186,7 +210,7 @@ class Logger:
             return
         text = " ".join(msg.split())
         facility = self.env.get("HA_LOGFACILITY", "daemon").strip().lower()
-        if facility not in ("none", ""):
+        if facility not in ("none", "") and (level != "debug" or self._debug_to_syslog()):
             try:
                 import syslog
 
@@ -199,15 +223,26 @@ class Logger:
         path = self.env.get("HA_DEBUGLOG" if level == "debug" else "HA_LOGFILE", "")
         if not path and level == "debug":
             path = self.env.get("HA_LOGFILE", "")
-        if path:
-            stamp = time.strftime("%b %d %H:%M:%S")
-            try:
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(f"{stamp} {self.tag}[{os.getpid()}]: {level.upper()}: {text}\n")
-            except OSError:
-                pass
+        if level == "debug" and not self._debug_to_syslog():
+            path = ""  # traced only: debug lines go to the trace file alone
+        line = f"{time.strftime('%b %d %H:%M:%S')} {self.tag}[{os.getpid()}]: "
+        line += f"{level.upper()}: {text}\n"
+        for target in filter(None, (path, self.trace_path)):
+            self._append(target, line)
         if sys.stderr.isatty():  # interactive use (crm_resource --force-*, by hand)
             sys.stderr.write(f"{level.upper()}: {text}\n")
+
+    def _debug_to_syslog(self) -> bool:
+        return self.env.get("HA_debug", "0") not in ("", "0", "false", "no", "off")
+
+    def _append(self, path: str, line: str) -> None:
+        try:
+            if path == self.trace_path:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError:
+            pass
 
     def debug(self, msg: str) -> None:
         self.log("debug", msg)

@@ -26,30 +26,26 @@ if TYPE_CHECKING:
     from .ocf import Env, Logger
 
 
-def _crm_node(args: List[str], timeout: float) -> str | None:
-    import subprocess
+def cluster_nodes(timeout: float) -> List[str] | None:
+    """Names of the nodes that are members of the cluster now (kvmha.pcmk, crm_node -l),
+    or None without a cluster. A lost node is left out: it is down or being fenced, runs
+    nothing, and asking it would only wait for a timeout while the guest's failover
+    waits too."""
+    from kvmha import pcmk  # lazy: only start runs the guard
 
     try:
-        res = subprocess.run(["crm_node", *args], capture_output=True, check=False, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
+        return pcmk.member_names(timeout)
+    except Exception:  # no cluster, crm_node missing or failing
         return None
-    return res.stdout.decode("utf-8", "replace") if res.returncode == 0 else None
 
 
-def cluster_nodes(timeout: float) -> List[str] | None:
-    """Names of the nodes that are members of the cluster now, from `crm_node -l`
-    ("id name state" lines), or None without a cluster. A lost node is left out: it is
-    down or being fenced, runs nothing, and asking it would only wait for a timeout
-    while the guest's failover waits too."""
-    out = _crm_node(["-l"], timeout)
-    if out is None:
-        return None
-    nodes = []
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and (len(fields) < 3 or fields[2] == "member"):
-            nodes.append(fields[1])
-    return nodes
+def local_node(timeout: float) -> str:
+    from kvmha import pcmk
+
+    try:
+        return pcmk.local_node_name(timeout)
+    except Exception:
+        return ""
 
 
 def peer_uris(p: Params, env: Env, budget: float, log: Logger) -> List[str]:
@@ -65,7 +61,7 @@ def peer_uris(p: Params, env: Env, budget: float, log: Logger) -> List[str]:
             "and no peer_uris"
         )
         return []
-    me = env.meta("on_node") or (_crm_node(["-n"], min(budget, 3.0)) or "").strip()
+    me = env.meta("on_node") or local_node(min(budget, 3.0))
     others = [n for n in nodes if n != me]
     if spec:
         return [u.replace("%n", n) for n in others for u in spec.split()]

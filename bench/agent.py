@@ -6,12 +6,19 @@ in one run, inside a lab host (so their utilization updates hit a real cluster).
 and CPU seconds are those of the agent's process and every child it waited for. Two
 configurations: both agents with their default parameters ("defaults"), and both with
 utilization autoset off ("lean"). Stop is graceful: the guest has booted (acpid
-listens) and powers off promptly, so stop measures request to confirmed off.
+listens) and powers off promptly, so stop measures request to confirmed off. "stop
+(paused)" stops a guest that was paused first (virDomainSuspend): an agent that waits for
+a graceful shutdown a paused guest cannot perform pays its whole window.
 
-    bench/agent.py [--rounds 5] [--monitors 10] [--json FILE] [--labdir DIR] [--keep]
+Runs in a 3-host lab by default (so Guest's double-start guard really asks two peers at
+start), with one untimed warm-up cycle per agent and the agents' order alternating from
+round to round.
 
-Brings up a 1-host lab in --labdir unless one is there, and takes it down afterwards
-unless --keep. Prints a Markdown table; --json writes the figures.
+    bench/agent.py [--rounds 5] [--monitors 10] [--hosts 3] [--json FILE] [--labdir DIR]
+                   [--keep]
+
+Brings up the lab in --labdir unless one is there, and takes it down afterwards unless
+--keep. Prints a Markdown table; --json writes the figures.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ AGENTS = {
 CONFIGS: dict[str, dict[str, dict[str, str]]] = {
     "defaults": {"kvmha": {}, "vd": {}},
     "lean": {
-        "kvmha": {"autoset_utilization_cpu": "false", "autoset_utilization_hv_memory": "false"},
+        "kvmha": {
+            "autoset_utilization_cpu": "false",
+            "autoset_utilization_hv_memory": "false",
+            "autoset_utilization_host_memory": "false",
+        },
         "vd": {
             "autoset_utilization_cpu": "false",
             "autoset_utilization_hv_memory": "false",
@@ -86,6 +97,16 @@ def agent_env(
     return env
 
 
+def pause(name: str) -> None:
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        conn.lookupByName(name).suspend()
+    finally:
+        conn.close()
+
+
 def wait_ready(serial: Path, offset: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,31 +124,54 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {
         c: {a: {"start": [], "monitor": [], "stop": []} for a in AGENTS} for c in CONFIGS
     }
+    for c in samples.values():
+        for a in c.values():
+            a["stop (paused)"] = []
+
+    def cycle(cname: str, agent: str, record: bool) -> None:
+        path, params = AGENTS[agent], CONFIGS[cname][agent]
+        size = serial.stat().st_size if serial.exists() else 0
+        rc, wall, cpu = timed([path, "start"], agent_env(agent, config, params))
+        if rc != 0:
+            raise SystemExit(f"start of {agent} failed")
+        if record:
+            samples[cname][agent]["start"].append((wall, cpu))
+        wait_ready(serial, size)
+        for _ in range(args.monitors if record else 1):
+            env = agent_env(agent, config, params, 10000)
+            rc, wall, cpu = timed([path, "monitor"], env)
+            if rc != 0:
+                raise SystemExit(f"monitor of {agent} gave {rc}")
+            if record:
+                samples[cname][agent]["monitor"].append((wall, cpu))
+        rc, wall, cpu = timed([path, "stop"], agent_env(agent, config, params))
+        if rc != 0:
+            raise SystemExit(f"stop of {agent} failed")
+        if record:
+            samples[cname][agent]["stop"].append((wall, cpu))
+            # the same guest, paused before the stop
+            size = serial.stat().st_size if serial.exists() else 0
+            if timed([path, "start"], agent_env(agent, config, params))[0] != 0:
+                raise SystemExit(f"start of {agent} failed")
+            wait_ready(serial, size)
+            pause(DOMAIN)
+            rc, wall, cpu = timed([path, "stop"], agent_env(agent, config, params))
+            if rc != 0:
+                raise SystemExit(f"stop of paused guest by {agent} failed")
+            samples[cname][agent]["stop (paused)"].append((wall, cpu))
+
+    for agent in AGENTS:  # warm-up: caches, page cache, libvirtd's first connections
+        cycle("defaults", agent, record=False)
     for rnd in range(args.rounds):
-        for cname, per_agent in CONFIGS.items():
-            for agent, path in AGENTS.items():
-                params = per_agent[agent]
-                size = serial.stat().st_size if serial.exists() else 0
-                rc, wall, cpu = timed([path, "start"], agent_env(agent, config, params))
-                if rc != 0:
-                    raise SystemExit(f"start of {agent} failed")
-                samples[cname][agent]["start"].append((wall, cpu))
-                wait_ready(serial, size)
-                for _ in range(args.monitors):
-                    env = agent_env(agent, config, params, 10000)
-                    rc, wall, cpu = timed([path, "monitor"], env)
-                    if rc != 0:
-                        raise SystemExit(f"monitor of {agent} gave {rc}")
-                    samples[cname][agent]["monitor"].append((wall, cpu))
-                rc, wall, cpu = timed([path, "stop"], agent_env(agent, config, params))
-                if rc != 0:
-                    raise SystemExit(f"stop of {agent} failed")
-                samples[cname][agent]["stop"].append((wall, cpu))
+        order = list(AGENTS) if rnd % 2 == 0 else list(reversed(AGENTS))
+        for cname in CONFIGS:
+            for agent in order:
+                cycle(cname, agent, record=True)
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     result: dict[str, Any] = {}
     for cname in CONFIGS:
         result[cname] = {}
-        for action in ("monitor", "start", "stop"):
+        for action in ("monitor", "start", "stop", "stop (paused)"):
             k = samples[cname]["kvmha"][action]
             v = samples[cname]["vd"][action]
             kw, kc = statistics.median(s[0] for s in k), statistics.median(s[1] for s in k)
@@ -168,7 +212,7 @@ def outside(args: argparse.Namespace) -> None:
     lab = Lab(Path(args.labdir), lambda m: print(f"[lab] {m}", file=sys.stderr))
     started = not lab.is_configured()
     try:
-        lab.up(1, 0)
+        lab.up(args.hosts, 0)
         cfg = lab.cfg
         xml = libvirtconf.guest_domain_xml(
             cfg, DOMAIN, str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
@@ -227,6 +271,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--monitors", type=int, default=10)
+    ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--json")
     ap.add_argument("--labdir", default="/var/lib/kvmha-bench")
     ap.add_argument("--keep", action="store_true")

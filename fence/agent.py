@@ -27,6 +27,7 @@ import getopt
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import socket
@@ -42,7 +43,8 @@ DEFAULT_KEY_FILE = "/etc/cluster/kvmha-fence.key"
 NONCE_BYTES = 32
 MAX_REQUEST_FRAME = 4096  # what a listener accepts from anyone
 MAX_RESPONSE_FRAME = 1 << 20  # a list answer can be long
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9_.:@-]{0,63}$")
+KEY_NAME_RE = re.compile(r"[A-Za-z0-9@][A-Za-z0-9_.:@-]{0,63}\Z")  # \Z: no trailing newline
+MAX_DEPTH = 16  # nesting of a frame's JSON: deeper is refused before parsing
 MIN_SECRET_BYTES = 16
 
 EXIT_OK = 0
@@ -98,10 +100,44 @@ def read_frame(sock: socket.socket, limit: int, deadline: float) -> Json:
     if length == 0:
         raise ProtocolError("empty frame")
     data = _recv_exact(sock, length, deadline)
+    return parse_frame(data)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _too_deep(data: bytes) -> bool:
+    """Nesting deeper than MAX_DEPTH (brackets outside strings), checked before parsing."""
+    depth = 0
+    in_str = esc = False
+    for b in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def parse_frame(data: bytes) -> Json:
+    """A frame's payload: a JSON object, finite numbers only, at most MAX_DEPTH deep."""
+    if _too_deep(data):
+        raise ProtocolError(f"malformed frame (nested deeper than {MAX_DEPTH})")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("malformed frame (not UTF-8 JSON)") from exc
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("malformed frame (not UTF-8 JSON with finite numbers)") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("malformed frame (not a JSON object)")
     return obj
@@ -234,8 +270,12 @@ def exchange(
     body: Json,
     connect_timeout: float,
     answer_timeout: float,
+    answer_secret: Optional[bytes] = None,
 ) -> Json:
-    """Authenticate, send one request, return the listener's authenticated answer body."""
+    """Authenticate, send one request, return the listener's authenticated answer body.
+
+    answer_secret: the key the answer's MAC must be made with, when it is not the
+    request's (host-to-host: each host answers with its own key)."""
     t0 = time.monotonic()
     try:
         sock = socket.create_connection((address, port), timeout=connect_timeout)
@@ -263,7 +303,8 @@ def exchange(
             raise ProtocolError("unexpected answer to the request")
         smac = hex_field(msg, "mac", hashlib.sha256().digest_size)
         answer: Json = msg["body"]
-        if not hmac.compare_digest(smac, server_mac(key.secret, key.name, nc, ns, cmac, answer)):
+        want = server_mac(answer_secret or key.secret, key.name, nc, ns, cmac, answer)
+        if not hmac.compare_digest(smac, want):
             raise ProtocolError("the listener's answer does not carry a valid MAC")
         return answer
 
@@ -449,6 +490,23 @@ def manpage() -> str:
     return "\n".join(lines) + "\n"
 
 
+def usage() -> str:
+    """--help: plain text, as every fence-agents agent prints it (the troff is 'manpage')."""
+    lines = ["Usage:", "\tfence_kvmha [options]", "Options:"]
+    for _name, short, long, typ, default, _req, desc in OPTIONS:
+        flag = _getopt_mixed(short, long, typ)
+        d = desc + (f" (default {default})" if default else "")
+        lines.append(f"   {flag:<32} {d}")
+    lines += [
+        "",
+        "Options can also be given as key=value lines on stdin (what pacemaker-fenced sends).",
+        "Actions: on, off, reboot, status, list, list-status, monitor, metadata, manpage, "
+        "validate-all.",
+        "Exit status: 0 success, 1 error, 2 status off.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class UsageFailure(Exception):
     pass
 
@@ -533,7 +591,7 @@ def _number(opts: Dict[str, str], name: str) -> float:
         value = float(opts[name])
     except (KeyError, ValueError) as exc:
         raise UsageFailure(f"{name} must be a number, not {opts.get(name)!r}") from exc
-    if value < 0 or value > 86400:
+    if not math.isfinite(value) or value < 0 or value > 86400:
         raise UsageFailure(f"{name} {value} is out of range")
     return value
 
@@ -680,7 +738,7 @@ def main(
         print(f"fence_kvmha: error: {exc}", file=err)
         return EXIT_ERROR
     if opts.get("help") == "1":
-        out.write(manpage())
+        out.write(usage())
         return EXIT_OK
     if opts.get("version") == "1":
         print(VERSION, file=out)

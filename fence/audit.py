@@ -1,8 +1,9 @@
 """The listener's audit log: every request, who asked, what, and the result.
 
 One JSON object per line in a file (reopened when logrotate moves it), and the same
-event as one line to syslog (journald reads /dev/log) and to stderr (journald reads
-a unit's stderr too), with the usual HA conventions (``HA_LOGFACILITY``, ``HA_debug``).
+event once more as one log entry: to journald natively with structured fields
+(KVMHA_KEY, KVMHA_TARGET, KVMHA_ACTION, KVMHA_RESULT, KVMHA_ORIGIN ...), else to syslog,
+else to stderr (see kvmha.journal), with the HA conventions (``HA_LOGFACILITY``, ``HA_debug``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import json
 import logging
 import logging.handlers
 import os
-import sys
 import threading
 import time
 from typing import Any, Optional
 
+from kvmha import journal
+
 FACILITIES = logging.handlers.SysLogHandler.facility_names
+AUDIT_MESSAGE_ID = "5f0a8f5e3c1b4d3e9a7c2b6d1e4f8a90"  # journalctl MESSAGE_ID=... for audits
 
 
 class Audit:
@@ -27,23 +30,8 @@ class Audit:
         self._file: Optional[Any] = None
         self._ino: Optional[int] = None
         self.log = logging.getLogger("kvmha-fence-listener")
-        self.log.propagate = False
-        self.log.handlers.clear()
-        ha_debug = os.environ.get("HA_debug", "0")  # noqa: SIM112 (the HA convention)
-        debug = ha_debug not in ("", "0", "false", "no", "off")
-        self.log.setLevel(logging.DEBUG if debug else logging.INFO)
-        err = logging.StreamHandler(sys.stderr)
-        err.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
-        self.log.addHandler(err)
-        facility_name = os.environ.get("HA_LOGFACILITY", "daemon").lower()
-        if use_syslog and facility_name not in ("", "none") and os.path.exists("/dev/log"):
-            facility = FACILITIES.get(facility_name, FACILITIES["daemon"])
-            try:
-                sh = logging.handlers.SysLogHandler("/dev/log", facility=facility)
-                sh.setFormatter(logging.Formatter("kvmha-fence-listener: %(message)s"))
-                self.log.addHandler(sh)
-            except OSError:
-                pass
+        # exactly one destination: journald (native, structured), else syslog, else stderr
+        self.sink = journal.configure(self.log, "kvmha-fence-listener", use_syslog)
         if path:
             os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
 
@@ -74,7 +62,10 @@ class Audit:
             self.log.error(f"cannot write the audit log {self.path}: {exc}")
         text = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in record.items())
         level = logging.INFO if fields.get("result") in ("ok", "on", "off") else logging.WARNING
-        self.log.log(level, f"audit {text}")
+        fields = journal.audit_fields(
+            {**record, "origin": record.get("origin") or record.get("peer")}, AUDIT_MESSAGE_ID
+        )
+        self.log.log(level, f"audit {text}", extra={"journal": fields})
 
     def info(self, msg: str) -> None:
         self.log.info(msg)
@@ -90,3 +81,51 @@ class Audit:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class RefusalLog:
+    """Refusals into the audit log, aggregated and rate-limited per source address.
+
+    The first ``burst`` refusals from one address in a ``window`` are logged one by one;
+    beyond that they are only counted, and one "suppressed" record per address and window
+    says how many, with their problem codes -- a flood cannot fill the disk, and the log
+    still shows it happened.
+    """
+
+    def __init__(self, audit: Audit, burst: int = 20, window: float = 10.0) -> None:
+        self.audit = audit
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._counts: dict[str, int] = {}
+        self._suppressed: dict[str, dict[str, int]] = {}
+
+    def add(self, peer: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.window:
+            self.flush(now)
+        with self._lock:
+            n = self._counts.get(peer, 0) + 1
+            self._counts[peer] = n
+            if n > self.burst:
+                codes = self._suppressed.setdefault(peer, {})
+                code = str(fields.get("code"))
+                codes[code] = codes.get(code, 0) + 1
+                return
+        self.audit.event(peer=peer, result="refused", **fields)
+
+    def flush(self, now: Optional[float] = None) -> None:
+        with self._lock:
+            suppressed, self._suppressed = self._suppressed, {}
+            self._counts = {}
+            self._start = time.monotonic() if now is None else now
+        for peer, codes in sorted(suppressed.items()):
+            self.audit.event(
+                peer=peer,
+                result="refused",
+                code="suppressed",
+                count=sum(codes.values()),
+                codes=codes,
+                detail=f"{sum(codes.values())} more refusals from {peer} in {self.window:.0f} s",
+            )

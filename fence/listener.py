@@ -48,14 +48,9 @@ from typing import Any, Callable, Optional
 
 from kvmha.errors import KvmhaError
 from kvmha.fence import agent as proto
-from kvmha.fence.audit import Audit
-from kvmha.fence.cluster import (
-    HostCluster,
-    ManagedGuest,
-    PacemakerCluster,
-    find_guest,
-    node_fenced,
-)
+from kvmha.fence import rule
+from kvmha.fence.audit import Audit, RefusalLog
+from kvmha.fence.cluster import HostCluster, ManagedGuest, PacemakerCluster, Status, find_guest
 from kvmha.fence.keys import (
     HOST_KEY_PREFIX,
     Key,
@@ -64,12 +59,18 @@ from kvmha.fence.keys import (
     Scope,
     Target,
     load_host_key,
+    pacemaker_cib,
 )
 from kvmha.fence.virt import Backend, BackendError, Info
+from kvmha.journal import sd_notify
 
 DEFAULT_CONFIG = "/etc/kvmha/fence/listener.conf"
 GUEST_ACTIONS = ("on", "off", "reboot", "status", "list", "monitor")
-HOST_ACTIONS = ("locate", "local-off", "local-on", "local-list", "install-key", "keys")
+HOST_ACTIONS = ("locate", "local-off", "local-on", "local-list")  # a host's own identity
+ADMIN_ACTIONS = ("install-key", "keys")  # the hosts' shared key (kvmha fence) or a host
+HOST_KEY_LABEL = b"kvmha-host/1:"
+STATE_VERSION = 2
+OFF_ROUNDS = 4  # power off, survey again: until no copy is active (a migration ending)
 MAX_PLUG = 256
 # libvirt domain names as kvmha and virt-install make them, or a UUID (with or without dashes)
 PLUG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:@-]{0,255}\Z")
@@ -327,34 +328,19 @@ class Ctx:
     key: str
     scope: Scope
     peer: str
-    is_host: bool
-    origin: Optional[str] = None
+    is_host: bool  # another host's listener (its own identity key): host actions allowed
+    origin: Optional[Json] = None
+    admin: bool = False  # the hosts' shared key (kvmha fence on a host): admin actions
+    request: str = ""  # this request's id, carried to the hosts that act on it
 
 
-@dataclasses.dataclass
-class Survey:
-    """What every host's libvirt says about one plug."""
+INTERNAL = Ctx("", ALL, "", True)
 
-    found: dict[str, Info]  # host -> info, hosts that know the domain
-    answered: list[str]  # hosts that answered (found it or not)
-    unreachable: dict[str, str]  # host -> why
-    last: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # where it last ran
 
-    def last_host(self) -> Optional[str]:
-        """The host it last ran on, by the most recent record of any listener."""
-        recs = [r for r in self.last if isinstance(r, dict) and isinstance(r.get("time"), int)]
-        if not recs:
-            return None
-        host = max(recs, key=lambda r: int(r["time"])).get("host")
-        return str(host) if host else None
-
-    def active_hosts(self) -> list[str]:
-        return sorted(h for h, i in self.found.items() if i.get("active"))
-
-    def identity(self) -> tuple[str, str]:
-        for info in self.found.values():
-            return str(info.get("name", "")), str(info.get("uuid", ""))
-        return "", ""
+def host_secret(hosts_secret: bytes, host: str) -> bytes:
+    """host's own key, derived from the hosts' secret: it covers only exchanges that name
+    host as requester (its requests) or responder (its answers)."""
+    return hmac.new(hosts_secret, HOST_KEY_LABEL + host.encode(), "sha256").digest()
 
 
 def wrap_secret(host_secret: bytes, nonce: bytes, data: bytes) -> bytes:
@@ -366,6 +352,16 @@ def wrap_secret(host_secret: bytes, nonce: bytes, data: bytes) -> bytes:
         stream += hmac.new(host_secret, block, "sha256").digest()
         counter += 1
     return bytes(a ^ b for a, b in zip(data, stream))
+
+
+def _copy(host: str, info: Info) -> rule.Copy:
+    return rule.Copy(
+        host,
+        str(info.get("name", "")),
+        str(info.get("uuid", "")),
+        bool(info.get("active")),
+        str(info.get("state", "")),
+    )
 
 
 class Listener:
@@ -382,62 +378,180 @@ class Listener:
         self.cluster = cluster
         self.audit = audit
         self.host_key = host_key or load_host_key(cfg.host_key)
-        self.keys = KeyStore(cfg.keys_dir, audit.warning)
+        self.my_secret = host_secret(self.host_key.secret, cfg.host)
+        self.my_key = Key(f"{self.host_key.name}:{cfg.host}", self.my_secret)
+        self.keys = KeyStore(  # file keys, and the CIB's keys (install: kvmha fence key)
+            cfg.keys_dir,
+            audit.warning,
+            self.host_key.secret,
+            pacemaker_cib if cluster is not None else None,
+        )
         self.keys.reload(force=True)
+        self.started = time.time()
+        self._addr_cache: tuple[float, frozenset[str]] = (-1e9, frozenset())
         self._lock = threading.Lock()
+        self._onoff = threading.RLock()  # off requests vs a reboot's power-on
         self._active = 0
+        self._peers_active = 0
         self._per_source: dict[str, int] = collections.Counter()
         self._macs: set[bytes] = set()
         self._mac_order: collections.deque[bytes] = collections.deque()
         self._domain_locks: dict[str, threading.Lock] = {}
+        self._off_requests: dict[str, tuple[float, str]] = {}  # name/uuid -> (time, request)
+        self.refusals = RefusalLog(audit)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64)
-        self.last_seen: dict[str, dict[str, Any]] = self._load_state()
+        self.sightings: dict[str, dict[str, Any]] = {}  # uuid -> {"name", "hosts": {h: t}}
+        self.heard: dict[str, float] = {}  # host -> when it last answered
+        self._load_state()
         self._state_dirty = False
         self._server: Optional[socketserver.ThreadingTCPServer] = None
         self._stop = threading.Event()
 
-    # ---- state -------------------------------------------------------------
-    def _load_state(self) -> dict[str, dict[str, Any]]:
+    # ---- state: where domains were seen running, when hosts were heard -------
+    def _load_state(self) -> None:
         if not self.cfg.state_file:
-            return {}
+            return
         try:
             with open(self.cfg.state_file, encoding="utf-8") as f:
                 data = json.load(f)
-            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            return {}
+            return
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            return  # an older format: start from this listener's start time (rule.floor)
+        sightings, heard = data.get("sightings"), data.get("heard")
+        if isinstance(sightings, dict):
+            for uuid, rec in sightings.items():
+                if isinstance(rec, dict) and isinstance(rec.get("hosts"), dict):
+                    hosts = {
+                        str(h): float(t)
+                        for h, t in rec["hosts"].items()
+                        if isinstance(t, (int, float)) and math.isfinite(t)
+                    }
+                    self.sightings[str(uuid)] = {"name": str(rec.get("name", "")), "hosts": hosts}
+        if isinstance(heard, dict):
+            self.heard = {
+                str(h): float(t)
+                for h, t in heard.items()
+                if isinstance(t, (int, float)) and math.isfinite(t)
+            }
 
     def _save_state(self) -> None:
         if not self.cfg.state_file or not self._state_dirty:
             return
         self._state_dirty = False
+        with self._lock:
+            data = {"version": STATE_VERSION, "sightings": self.sightings, "heard": self.heard}
+            text = json.dumps(data)
         try:
             os.makedirs(os.path.dirname(self.cfg.state_file) or ".", exist_ok=True)
             tmp = self.cfg.state_file + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.last_seen, f)
+                f.write(text)
             os.replace(tmp, self.cfg.state_file)
         except OSError as exc:
             self.audit.warning(f"cannot save {self.cfg.state_file}: {exc}")
 
-    def _saw(self, host: str, info: Info) -> None:
+    def _saw(self, host: str, info: Info, now: Optional[float] = None) -> None:
+        """Record that host's libvirt just reported info (a sighting when it is active)."""
         if not info.get("active"):
             return
-        name = str(info.get("name", ""))
-        rec = {"host": host, "uuid": info.get("uuid", ""), "time": int(time.time())}
+        uuid = rule.norm_uuid(str(info.get("uuid", "")))
+        if not uuid:
+            return
+        t = time.time() if now is None else now
         with self._lock:
-            old = self.last_seen.get(name)
-            if old is None or old.get("host") != host:
+            rec = self.sightings.setdefault(uuid, {"name": "", "hosts": {}})
+            rec["name"] = str(info.get("name", ""))
+            if rec["hosts"].get(host, -1.0) < t:
+                rec["hosts"][host] = t
+            self._state_dirty = True
+
+    def _heard_from(self, host: str, t: Optional[float] = None) -> None:
+        with self._lock:
+            t = time.time() if t is None else t
+            if self.heard.get(host, -1.0) < t:
+                self.heard[host] = t
                 self._state_dirty = True
-            self.last_seen[name] = rec
+
+    def _merge(self, seen: Any, heard: Any) -> list[rule.Sighting]:
+        """Take a peer's records (sightings of one plug, hosts heard) into ours."""
+        out = []
+        if isinstance(seen, list):
+            for s in seen:
+                try:
+                    sg = rule.Sighting(
+                        str(s["host"]), str(s["name"]), str(s["uuid"]), float(s["time"])
+                    )
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if math.isfinite(sg.time):
+                    out.append(sg)
+        if isinstance(heard, dict):
+            for h, t in heard.items():
+                if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+                    self._heard_from(str(h), float(t))
+        return out
+
+    def _sightings_of(self, plug: str) -> list[rule.Sighting]:
+        by_uuid = rule.looks_like_uuid(plug)
+        want = rule.norm_uuid(plug) if by_uuid else ""
+        with self._lock:
+            return [
+                rule.Sighting(h, rec["name"], uuid, t)
+                for uuid, rec in self.sightings.items()
+                if (uuid == want if by_uuid else rec["name"] == plug)
+                for h, t in rec["hosts"].items()
+            ]
+
+    def _forget(self, host: str, present: set[str]) -> None:
+        """host's full domain list just came in: drop its sightings of domains it lacks."""
+        with self._lock:
+            for uuid, rec in self.sightings.items():
+                if uuid not in present and host in rec["hosts"]:
+                    del rec["hosts"][host]
+                    self._state_dirty = True
 
     def _domain_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._domain_locks.setdefault(name, threading.Lock())
 
-    # ---- admission ---------------------------------------------------------
-    def _admit(self, peer: str) -> Optional[str]:
+    # ---- who the hosts are ---------------------------------------------------
+    def member_hosts(self) -> dict[str, Optional[tuple[str, int]]]:
+        """Every host of the host cluster (its own node list, not only [peers]) with the
+        address of its listener, None when no address is known."""
+        hosts: dict[str, Optional[tuple[str, int]]] = {self.cfg.host: None}
+        hosts.update(self.cfg.peers)
+        if self.cluster is not None:
+            try:
+                known = self.cluster.hosts()
+            except KvmhaError as exc:
+                self.audit.warning(f"host cluster members: {exc}")
+                known = {}
+            for name, addr in known.items():
+                if name not in hosts:
+                    hosts[name] = (addr, self.cfg.port) if addr else None
+        return hosts
+
+    def _host_addresses(self) -> set[str]:
+        """The other hosts' listener addresses (cached 5 s: every connection asks)."""
+        now = time.monotonic()
+        at, addrs = self._addr_cache
+        if now - at >= 5.0:
+            hosts = self.member_hosts()
+            addrs = frozenset(
+                a[0] for h, a in hosts.items() if a is not None and h != self.cfg.host
+            )
+            self._addr_cache = (now, addrs)
+        return set(addrs)
+
+    # ---- admission -----------------------------------------------------------
+    def _admit(self, peer: str, is_peer_address: bool) -> Optional[str]:
         with self._lock:
+            if is_peer_address:
+                if self._peers_active >= self.cfg.peer_slots:
+                    return "too many connections from the hosts"
+                self._peers_active += 1
+                return None
             if self._active >= self.cfg.max_connections:
                 return "too many connections"
             if self._per_source[peer] >= self.cfg.max_per_source:
@@ -446,8 +560,11 @@ class Listener:
             self._per_source[peer] += 1
             return None
 
-    def _release(self, peer: str) -> None:
+    def _release(self, peer: str, is_peer_address: bool) -> None:
         with self._lock:
+            if is_peer_address:
+                self._peers_active -= 1
+                return
             self._active -= 1
             self._per_source[peer] -= 1
             if self._per_source[peer] <= 0:
@@ -464,10 +581,11 @@ class Listener:
         with self._lock:
             return mac in self._macs
 
-    # ---- one connection ----------------------------------------------------
+    # ---- one connection ------------------------------------------------------
     def handle(self, sock: socket.socket, peer: str) -> None:
         t0 = time.monotonic()
-        why = self._admit(peer)
+        from_host = peer in self._host_addresses()
+        why = self._admit(peer, from_host)
         if why is not None:
             self._refuse(sock, peer, None, Refusal("busy", why), t0)
             return
@@ -475,7 +593,11 @@ class Listener:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             deadline = t0 + self.cfg.handshake_timeout
-            hello = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, deadline)
+
+            def frame_deadline() -> float:  # a client not yet authenticated: short per frame
+                return min(deadline, time.monotonic() + self.cfg.frame_timeout)
+
+            hello = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, frame_deadline())
             if hello.get("type") != "hello" or hello.get("proto") != proto.PROTOCOL:
                 raise Refusal("bad-hello", "not a kvmha-fence/1 hello")
             name = hello.get("key")
@@ -486,10 +608,10 @@ class Listener:
                 nc = proto.hex_field(hello, "nc", proto.NONCE_BYTES)
             except proto.ProtocolError as exc:
                 raise Refusal("bad-hello", str(exc)) from exc
-            secret, scope, is_host = self._key_for(name)
+            secret, scope, peer_host, admin = self._key_for(name)
             ns = os.urandom(proto.NONCE_BYTES)
             proto.send_frame(sock, {"type": "challenge", "ns": ns.hex()}, deadline)
-            req = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, deadline)
+            req = proto.read_frame(sock, proto.MAX_REQUEST_FRAME, frame_deadline())
             if req.get("type") != "request" or not isinstance(req.get("body"), dict):
                 raise Refusal("bad-request", "not a request")
             try:
@@ -507,11 +629,23 @@ class Listener:
                     "authentication failed (unknown key, wrong key or replayed exchange)",
                     "unknown key" if secret is None else "wrong MAC",
                 )
+            answer_secret = secret
+            if peer_host is not None:
+                # a host's request names both ends: a relay cannot point it elsewhere
+                if body.get("from") != peer_host or body.get("to") != self.cfg.host:
+                    raise Refusal(
+                        "bad-auth",
+                        "authentication failed (unknown key, wrong key or replayed exchange)",
+                        f"host exchange from {peer_host} addressed to {body.get('to')!r}",
+                    )
+                answer_secret = self.my_secret  # only this host can answer in its name
             self._remember_mac(mac)
-            ctx = Ctx(name, scope, peer, is_host)
+            ctx = Ctx(name, scope, peer, peer_host is not None, admin=admin)
             answer = self.dispatch(ctx, body)
+            if peer_host is not None:
+                answer = {**answer, "host": self.cfg.host}
             self._audit(ctx, body, answer, t0)  # before the answer: the log is never behind
-            smac = proto.server_mac(secret, name, nc, ns, mac, answer)
+            smac = proto.server_mac(answer_secret, name, nc, ns, mac, answer)
             try:
                 proto.send_frame(
                     sock,
@@ -526,29 +660,34 @@ class Listener:
             self._refuse(sock, peer, key_name, Refusal("bad-frame", str(exc)), t0)
         except Exception as exc:  # never let one request take the listener down
             self.audit.warning(f"internal error serving {peer}: {traceback.format_exc()}")
-            self._refuse(
-                sock, peer, key_name, Refusal("internal-error", f"internal error: {exc}"), t0
-            )
+            bug = Refusal("internal-error", f"internal error: {type(exc).__name__}")
+            self._refuse(sock, peer, key_name, bug, t0)
         finally:
-            self._release(peer)
+            self._release(peer, from_host)
 
-    def _key_for(self, name: str) -> tuple[Optional[bytes], Scope, bool]:
+    def _key_for(self, name: str) -> tuple[Optional[bytes], Scope, Optional[str], bool]:
+        """(secret, scope, the host it names, admin) for a hello's key name."""
         if name == self.host_key.name:
-            return self.host_key.secret, ALL, True
+            return self.host_key.secret, ALL, None, True
+        prefix = self.host_key.name + ":"
+        if name.startswith(prefix):
+            host = name[len(prefix) :]
+            if host and host != self.cfg.host and host in self.member_hosts():
+                return host_secret(self.host_key.secret, host), ALL, host, False
+            return None, ALL, None, False
         if name.startswith(HOST_KEY_PREFIX):
-            return None, ALL, False
+            return None, ALL, None, False
         sk = self.keys.get(name)
         if sk is None:
-            return None, ALL, False
-        return sk.key.secret, sk.scope, False
+            return None, ALL, None, False
+        return sk.key.secret, sk.scope, None, False
 
     def _refuse(
         self, sock: socket.socket, peer: str, key: Optional[str], why: Refusal, t0: float
     ) -> None:
-        self.audit.event(
+        self.refusals.add(
             peer=peer,
             key=key,
-            result="refused",
             code=why.code,
             detail=why.reason + (f" ({why.detail})" if why.detail else ""),
             ms=round((time.monotonic() - t0) * 1000, 1),
@@ -568,17 +707,23 @@ class Listener:
             key=ctx.key,
             action=action,
             plug=body.get("plug"),
-            origin=body.get("origin"),
+            request=ctx.request or None,
+            origin=ctx.origin,
             result=result,
+            code=answer.get("code"),
             hosts=answer.get("hosts"),
             detail=answer.get("message") or None,
             ms=round((time.monotonic() - t0) * 1000, 1),
         )
 
-    # ---- requests ----------------------------------------------------------
+    # ---- requests ------------------------------------------------------------
     def dispatch(self, ctx: Ctx, body: Json) -> Json:
         action = body.get("action")
-        allowed = GUEST_ACTIONS + (HOST_ACTIONS if ctx.is_host else ())
+        allowed = (
+            GUEST_ACTIONS
+            + (HOST_ACTIONS if ctx.is_host else ())
+            + (ADMIN_ACTIONS if ctx.admin or ctx.is_host else ())
+        )
         if not isinstance(action, str) or action not in allowed:
             return problem("unknown-action", f"unknown action {str(action)[:40]!r}")
         plug = body.get("plug", "")
@@ -593,8 +738,10 @@ class Listener:
             return problem("bad-number", "bad timeout: a finite number of seconds is expected")
         timeout = min(max(float(timeout), 1.0), MAX_TIMEOUT)
         origin = body.get("origin")
-        if ctx.is_host and isinstance(origin, str):
-            ctx.origin = origin[:200]
+        if ctx.is_host and isinstance(origin, dict):
+            ctx.origin = {str(k)[:20]: str(v)[:100] for k, v in list(origin.items())[:5]}
+        if not ctx.is_host:
+            ctx.request = os.urandom(6).hex()
         if action in ("on", "off", "reboot", "status") and not plug:
             return problem("no-plug", f"{action} needs a plug")
         try:
@@ -609,38 +756,43 @@ class Listener:
 
     # host-to-host: this host's libvirt only
     def do_locate(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
+        rid = body.get("request")
+        if body.get("for") == "off" and isinstance(rid, str):
+            self._note_off(plug, rid[:40])
         info = self.backend.info(plug)
+        if info is not None:
+            self._saw(self.cfg.host, info)
+            if body.get("for") == "off" and isinstance(rid, str) and info.get("uuid"):
+                self._note_off(str(info["uuid"]), rid[:40])
+        with self._lock:
+            heard = dict(self.heard)
+        heard[self.cfg.host] = time.time()
+        seen = [dataclasses.asdict(s) for s in self._sightings_of(plug)]
         return {
             "status": "ok",
             "found": info is not None,
             "info": info,
-            "last": self._last_record(plug),
+            "seen": seen,
+            "heard": heard,
         }
-
-    def _last_record(self, plug: str) -> Optional[dict[str, Any]]:
-        with self._lock:
-            rec = self.last_seen.get(plug)
-            if rec is None:
-                rec = next(
-                    (
-                        r
-                        for r in self.last_seen.values()
-                        if str(r.get("uuid", "")).lower() == plug.lower()
-                    ),
-                    None,
-                )
-            return dict(rec) if rec else None
 
     def do_local_list(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         return {"status": "ok", "domains": self.backend.domains()}
 
     def do_local_off(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
+        rid = body.get("request")
+        if isinstance(rid, str):
+            self._note_off(plug, rid[:40])
         with self._domain_lock(plug):
             res = self.backend.off(plug, timeout)
         return {"status": "ok", **res}
 
     def do_local_on(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
-        res = self.backend.start(plug, timeout)
+        rid = body.get("request")
+        with self._onoff:
+            if isinstance(rid, str) and self._off_since(plug, rid):
+                return problem("on-failed", f"a later off of {plug} cancelled this power-on")
+            res = self.backend.start(plug, timeout)
         return {"status": "ok", **res}
 
     def do_install_key(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
@@ -661,115 +813,179 @@ class Listener:
         ]
         return {"status": "ok", "keys": keys, "problems": self.keys.problems()}
 
+    # ---- off requests and a reboot's power-on -------------------------------
+    def _note_off(self, plug: str, request: str) -> None:
+        """An off of plug was asked (request): a pending reboot's power-on must not run."""
+        plug = rule.norm_uuid(plug) if rule.looks_like_uuid(plug) else plug
+        with self._onoff:
+            self._off_requests[plug] = (time.time(), request)
+            if len(self._off_requests) > 10_000:
+                oldest = sorted(self._off_requests.items(), key=lambda kv: kv[1][0])[:5000]
+                for k, _ in oldest:
+                    del self._off_requests[k]
+
+    def _off_since(self, plug: str, request: str) -> bool:
+        """Another request than request asked plug off since request's own off (locked)."""
+        plug = rule.norm_uuid(plug) if rule.looks_like_uuid(plug) else plug
+        rec = self._off_requests.get(plug)
+        return rec is not None and rec[1] != request
+
     # the guest clusters' actions
     def do_monitor(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         self.backend.domains()  # libvirt answers
         return {"status": "ok", "message": f"listener on {self.cfg.host} is serving"}
 
-    def survey(self, plug: str, local_first: bool = False) -> Survey:
-        """Ask this host's libvirt and every peer listener about plug."""
-        found: dict[str, Info] = {}
-        answered: list[str] = []
-        unreachable: dict[str, str] = {}
-        own = self._last_record(plug)
-        last = [own] if own else []
-        try:
-            info = self.backend.info(plug)
-            answered.append(self.cfg.host)
-            if info is not None:
-                found[self.cfg.host] = info
-                self._saw(self.cfg.host, info)
-                if local_first and info.get("active"):
-                    return Survey(found, answered, unreachable)
-        except BackendError as exc:
-            unreachable[self.cfg.host] = str(exc)
+    def survey(
+        self, plug: str, purpose: str = "", request: str = "", local_first: bool = False
+    ) -> rule.Facts:
+        """Ask this host's libvirt and every member host's listener about plug."""
+        hosts = self.member_hosts()
+        answered: dict[str, tuple[rule.Copy, ...]] = {}
+        silent: dict[str, str] = {}
+        sightings = self._sightings_of(plug)
+        status = self.cluster.status() if self.cluster is not None else None
+        body: Json = {"action": "locate", "plug": plug}
+        if purpose:
+            body.update({"for": purpose, "request": request})
         futures = {
-            self.pool.submit(self._ask_peer, h, {"action": "locate", "plug": plug}): h
-            for h in self.cfg.peers
-            if h != self.cfg.host
+            self.pool.submit(self._ask_peer, h, body): h
+            for h, addr in hosts.items()
+            if h != self.cfg.host and addr is not None
         }
+        for h, addr in hosts.items():
+            if h != self.cfg.host and addr is None:
+                silent[h] = "no address known for its listener"
+        try:
+            if purpose == "off":
+                self._note_off(plug, request)
+            info = self.backend.info(plug)
+            answered[self.cfg.host] = (_copy(self.cfg.host, info),) if info else ()
+            if info is not None:
+                self._saw(self.cfg.host, info)
+                if purpose == "off" and info.get("uuid"):
+                    self._note_off(str(info["uuid"]), request)
+                if local_first and info.get("active"):
+                    for fut in futures:
+                        fut.cancel()
+                    return rule.Facts(
+                        plug, tuple(hosts), answered, {}, floor=self.started, status=status
+                    )
+        except BackendError as exc:
+            silent[self.cfg.host] = f"its libvirt: {exc}"
         for fut in concurrent.futures.as_completed(futures):
             h = futures[fut]
             try:
                 ans = fut.result()
             except proto.ProtocolError as exc:
-                unreachable[h] = str(exc)
+                silent[h] = str(exc)
                 continue
             if ans.get("status") != "ok":
-                unreachable[h] = str(ans.get("message", "error"))
+                silent[h] = str(ans.get("message", "error"))[:200]
                 continue
-            answered.append(h)
-            if isinstance(ans.get("last"), dict):
-                last.append(ans["last"])
-            if ans.get("found") and isinstance(ans.get("info"), dict):
-                found[h] = ans["info"]
-                self._saw(h, ans["info"])
-        return Survey(found, sorted(answered), unreachable, last)
+            sightings += self._merge(ans.get("seen"), ans.get("heard"))
+            info = ans.get("info")
+            if ans.get("found") and isinstance(info, dict):
+                answered[h] = (_copy(h, info),)
+                self._saw(h, info)
+            else:
+                answered[h] = ()
+        with self._lock:
+            heard = dict(self.heard)
+        return rule.Facts(
+            plug,
+            tuple(sorted(hosts)),
+            answered,
+            silent,
+            tuple(sightings),
+            heard,
+            self.started,
+            status,
+            self.cluster is not None,
+        )
 
     def _ask_peer(self, host: str, body: Json, timeout: Optional[float] = None) -> Json:
-        addr, port = self.cfg.peers[host]
+        addr = self.member_hosts().get(host)
+        if addr is None:
+            raise proto.ProtocolError(f"no address known for {host}'s listener")
         t = self.cfg.peer_timeout
-        return proto.exchange(addr, port, self.host_key, body, t, timeout or t + 5)
+        body = {**body, "from": self.cfg.host, "to": host}
+        ans = proto.exchange(
+            addr[0],
+            addr[1],
+            self.my_key,
+            body,
+            t,
+            timeout or t + 5,
+            answer_secret=host_secret(self.host_key.secret, host),
+        )
+        if ans.get("host") != host:
+            raise proto.ProtocolError(f"the answer for {host} names {ans.get('host')!r}")
+        self._heard_from(host)
+        return ans
 
-    def target(self, plug: str, sv: Survey) -> tuple[Target, Optional[ManagedGuest]]:
-        name, uuid = sv.identity()
-        managed = None
-        if self.cluster is not None:
-            managed = find_guest(self.cluster, name or plug, uuid)
+    def _managed(self, f: rule.Facts) -> Optional[ManagedGuest]:
+        if self.cluster is None:
+            return None
+        found = find_guest(self.cluster, f.plug, f.plug if f.by_uuid else "")
+        if found is not None and not (
+            f.by_uuid and found.uuid and rule.norm_uuid(found.uuid) != rule.norm_uuid(f.plug)
+        ):
+            return found
+        for cs in f.answered.values():
+            for c in cs:
+                if f.matches(c.name, c.uuid):
+                    g = find_guest(self.cluster, c.name, c.uuid)
+                    # a guest of the same name but another UUID is another domain
+                    if g is not None and (
+                        not g.uuid or rule.norm_uuid(g.uuid) == rule.norm_uuid(c.uuid)
+                    ):
+                        return g
+        return None
+
+    @staticmethod
+    def _target(ident: rule.Identity, managed: Optional[ManagedGuest]) -> Target:
         if managed is not None:
-            name = name or managed.name
-            uuid = uuid or managed.uuid
-            return Target(name, uuid, managed.rid, managed.tags, managed.dc), managed
-        return Target(name or plug, uuid), None
+            return Target(
+                ident.name or managed.name,
+                ident.uuid or managed.uuid,
+                managed.rid,
+                managed.tags,
+                managed.dc,
+            )
+        return Target(ident.name, ident.uuid)
 
-    def _authorize(
-        self, ctx: Ctx, action: str, plug: str
-    ) -> tuple[Target, Optional[ManagedGuest], Survey, Optional[Json]]:
-        sv = self.survey(plug, local_first=(action == "status"))
-        tgt, managed = self.target(plug, sv)
+    def _decide(
+        self, ctx: Ctx, action: str, f: rule.Facts
+    ) -> tuple[Optional[rule.Identity], Optional[ManagedGuest], Optional[Json]]:
+        """The domain the plug names and whether the key may act on it."""
+        managed = self._managed(f)
+        ident, prob = rule.identify(f, managed)
+        if prob is not None or ident is None:
+            return None, managed, prob
+        tgt = self._target(ident, managed)
         if not ctx.scope.allows(tgt):
-            msg = f"key {ctx.key!r} may not {action} {plug!r} (scope {ctx.scope.describe()})"
-            return tgt, managed, sv, problem("out-of-scope", msg, "denied")
-        return tgt, managed, sv, None
-
-    def _off_certain(
-        self, tgt: Target, managed: Optional[ManagedGuest], sv: Survey
-    ) -> Optional[Json]:
-        """None when 'off' is the truth; otherwise the error answer saying why not."""
-        st = self.cluster.status() if self.cluster is not None else None
-        for host, why in sorted(sv.unreachable.items()):
-            if not node_fenced(st, host):
-                return problem(
-                    "host-unconfirmed",
-                    f"{host} does not answer ({why}) and is not recorded as fenced",
-                    hosts=[host],
-                )
-        if sv.found or managed is not None:
-            return None
-        last = sv.last_host()
-        if last is not None and st is not None and last in st.fenced:
-            return None
-        return problem("unknown-domain", f"no host knows domain {tgt.name!r}")
+            msg = f"key {ctx.key!r} may not {action} {f.plug!r} (scope {ctx.scope.describe()})"
+            return ident, managed, problem("out-of-scope", msg, "denied")
+        return ident, managed, None
 
     def do_status(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
-        tgt, managed, sv, denied = self._authorize(ctx, "status", plug)
-        if denied:
-            return denied
-        active = sv.active_hosts()
+        f = self.survey(plug, local_first=True)
+        ident, managed, prob = self._decide(ctx, "status", f)
+        if prob is not None or ident is None:
+            return prob or problem("internal-error", "no identity")
+        active = rule.to_power_off(ident)
         if active:
             return {"status": "ok", "state": "on", "hosts": active}
-        why = self._off_certain(tgt, managed, sv)
-        if why:
-            return why
-        return {"status": "ok", "state": "off"}
+        return rule.judge(f, ident, managed, {}, f.status)
 
-    def _early_local_off(
-        self, ctx: Ctx, plug: str, timeout: float
-    ) -> Optional[concurrent.futures.Future[Json]]:
-        """Off at once when this host runs the domain and the key may fence it.
+    def _early_freeze(
+        self, ctx: Ctx, plug: str
+    ) -> Optional[concurrent.futures.Future[Optional[float]]]:
+        """Pause the domain at once when this host runs it and the key may fence it.
 
-        The peers are asked meanwhile (another instance, mid-migration, is fenced too):
-        the look-up is off the critical path of the common case.
+        Pausing stops its vCPUs (it can write nothing more) and is undone if the request
+        is then refused (an ambiguous name); the destroy waits for the decision. The
+        scope check uses what this host and the host cluster know of the domain.
         """
         try:
             info = self.backend.info(plug)
@@ -777,107 +993,153 @@ class Listener:
             return None
         if info is None or not info.get("active"):
             return None
-        tgt, _managed = self.target(plug, Survey({self.cfg.host: info}, [self.cfg.host], {}))
-        if not ctx.scope.allows(tgt):
+        f = rule.Facts(plug, (self.cfg.host,), {self.cfg.host: (_copy(self.cfg.host, info),)}, {})
+        ident, _managed, prob = self._decide(ctx, "off", f)
+        if prob is not None or ident is None or not ident.uuid:
             return None
-        local = tgt.uuid or tgt.name
-        return self.pool.submit(self.do_local_off, Ctx("", ALL, "", True), local, timeout, {})
+        return self.pool.submit(self.backend.freeze, ident.uuid)
 
-    def _off_everywhere(
-        self,
-        tgt: Target,
-        hosts: list[str],
-        timeout: float,
-        early: Optional[concurrent.futures.Future[Json]] = None,
-    ) -> Json:
-        plug = tgt.uuid or tgt.name
-        body = {"action": "local-off", "plug": plug, "timeout": timeout}
+    def _thaw(self, early: Optional[concurrent.futures.Future[Optional[float]]], plug: str) -> None:
+        if early is None:
+            return
+        try:
+            froze = early.result(timeout=30)
+        except (BackendError, concurrent.futures.TimeoutError):
+            return
+        if froze is not None:
+            try:
+                self.backend.thaw(plug)
+                self.audit.info(f"resumed {plug}: the off was refused")
+            except BackendError as exc:
+                self.audit.warning(f"could not resume {plug} after a refused off: {exc}")
+
+    def _power_off(
+        self, ctx: Ctx, ident: rule.Identity, hosts: list[str], timeout: float
+    ) -> dict[str, Optional[str]]:
+        """Power off and confirm the copy on each host: host -> None, or why not."""
+        plug = ident.uuid or ident.name
+        origin = {"key": ctx.key, "client": ctx.peer, "request": ctx.request}
+        body = {
+            "action": "local-off",
+            "plug": plug,
+            "timeout": timeout,
+            "origin": origin,
+            "request": ctx.request,
+        }
         futs: dict[concurrent.futures.Future[Json], str] = {}
-        if early is not None:
-            futs[early] = self.cfg.host
-            hosts = sorted(set(hosts) | {self.cfg.host})
         for h in hosts:
-            if h == self.cfg.host and early is not None:
-                continue
             if h == self.cfg.host:
-                futs[
-                    self.pool.submit(self.do_local_off, Ctx("", ALL, "", True), plug, timeout, body)
-                ] = h
+                futs[self.pool.submit(self.do_local_off, INTERNAL, plug, timeout, body)] = h
             else:
                 futs[self.pool.submit(self._ask_peer, h, body, timeout + 5)] = h
-        errors = []
-        frozen = []
+        out: dict[str, Optional[str]] = {}
         for fut in concurrent.futures.as_completed(futs):
             h = futs[fut]
             try:
                 ans = fut.result()
-            except (proto.ProtocolError, BackendError) as exc:
-                errors.append(f"{h}: {exc}")
+            except (proto.ProtocolError, BackendError, KvmhaError) as exc:
+                out[h] = str(exc)
                 continue
-            if ans.get("status") != "ok":
-                errors.append(f"{h}: {ans.get('message')}")
-            elif ans.get("frozen_s") is not None:
-                frozen.append(float(ans["frozen_s"]))
-        if errors:
-            return problem("off-failed", "; ".join(errors))
-        return {
-            "status": "ok",
-            "state": "off",
-            "hosts": hosts,
-            "frozen_s": min(frozen) if frozen else None,
-        }
+            out[h] = (
+                None
+                if ans.get("status") == "ok" and ans.get("state") == "off"
+                else str(ans.get("message", "not off"))
+            )
+        return out
 
     def do_off(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
-        early = self._early_local_off(ctx, plug, timeout)
-        tgt, managed, sv, denied = self._authorize(ctx, "off", plug)
-        if denied:
-            return denied
-        return self._off(tgt, managed, sv, timeout, early)
+        return self._off(ctx, plug, timeout)
 
-    def _off(
-        self,
-        tgt: Target,
-        managed: Optional[ManagedGuest],
-        sv: Survey,
-        timeout: float,
-        early: Optional[concurrent.futures.Future[Json]] = None,
-    ) -> Json:
+    def _off(self, ctx: Ctx, plug: str, timeout: float) -> Json:
+        """Power off every copy, then answer by the rule (rule.judge) on a survey taken
+        after the last power-off: a copy that appeared meanwhile (a migration ending) is
+        found and powered off too."""
+        deadline = time.monotonic() + timeout
+        early = self._early_freeze(ctx, plug)
+        f = self.survey(plug, "off", ctx.request)
+        ident, managed, prob = self._decide(ctx, "off", f)
+        if prob is not None or ident is None:
+            self._thaw(early, plug)
+            return prob or problem("internal-error", "no identity")
+        frozen: Optional[float] = None
+        if early is not None:
+            with contextlib.suppress(BackendError, concurrent.futures.TimeoutError):
+                frozen = early.result(timeout=max(deadline - time.monotonic(), 1.0))
         role_fut = None
         if managed is not None and self.cluster is not None:
-            cluster = self.cluster
-            role_fut = self.pool.submit(cluster.set_target_role, managed.rid, "Stopped")
-        active = sv.active_hosts()
-        if active or early is not None:
-            answer = self._off_everywhere(tgt, active, timeout, early)
-        else:
-            why = self._off_certain(tgt, managed, sv)
-            answer = why if why else {"status": "ok", "state": "off", "already": True}
+            role_fut = self.pool.submit(self.cluster.set_target_role, managed.rid, "Stopped")
+        offs: dict[str, Optional[str]] = {}
+        powered: set[str] = set()
+        for _ in range(OFF_ROUNDS):
+            todo = rule.to_power_off(ident)
+            if not todo:
+                break
+            res = self._power_off(ctx, ident, todo, max(deadline - time.monotonic(), 1.0))
+            offs.update(res)
+            powered |= {h for h, why in res.items() if why is None}
+            if any(why is not None for why in res.values()):
+                break
+            f = self.survey(ident.uuid or plug, "off", ctx.request)  # confirm: nothing active now
+            ident2, prob = rule.identify(f, managed)
+            if prob is not None or ident2 is None:
+                return prob or problem("internal-error", "no identity")
+            ident = ident2
+        role_err = None
         if role_fut is not None:
             try:
-                role_fut.result(timeout=30)
+                role_fut.result(timeout=max(deadline - time.monotonic(), 1.0))
             except (KvmhaError, concurrent.futures.TimeoutError) as exc:
-                note = f"could not set target-role=Stopped on {managed.rid if managed else ''}: "
-                answer["message"] = note + str(exc)
-                self.audit.warning(answer["message"])
+                role_err = (
+                    f"could not set target-role=Stopped on {managed.rid if managed else ''}: {exc}"
+                )
+                self.audit.warning(role_err)
+        failed = {h: why for h, why in offs.items() if why is not None}
+        if failed:
+            return problem(
+                "off-failed",
+                "; ".join(f"{h}: {why}" for h, why in sorted(failed.items())),
+                hosts=sorted(failed),
+            )
+        answer = rule.judge(f, ident, managed, {}, f.status)
+        if answer.get("code") == "managed-active" and managed is not None:
+            # all else holds: give the host cluster the time left to see the guest stop
+            answer = rule.judge(f, ident, managed, {}, self._managed_stopped(managed, deadline))
+        if answer.get("status") == "ok":
+            answer.update(hosts=sorted(powered), frozen_s=frozen)
+            if not powered:
+                answer["already"] = True
+        if role_err and answer.get("status") != "ok":
+            answer["message"] = f"{answer.get('message')}; {role_err}"
         return answer
 
+    def _managed_stopped(self, managed: ManagedGuest, deadline: float) -> Optional[Status]:
+        """The host cluster's state once it shows managed stopped (or at the deadline)."""
+        assert self.cluster is not None
+        while True:
+            st = self.cluster.status()
+            if rule.managed_active(st, managed) is None or time.monotonic() >= deadline:
+                return st
+            time.sleep(0.2)
+
     def do_reboot(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
-        early = self._early_local_off(ctx, plug, timeout)
-        tgt, managed, sv, denied = self._authorize(ctx, "reboot", plug)
-        if denied:
-            return denied
-        answer = self._off(tgt, managed, sv, timeout, early)
+        answer = self._off(ctx, plug, timeout)
         if answer.get("status") == "ok":
-            hosts = sorted(sv.found)
-            threading.Thread(
-                target=self._power_on_later, args=(tgt, managed, hosts), daemon=True
-            ).start()
+            f = self.survey(plug)
+            managed = self._managed(f)
+            ident, _ = rule.identify(f, managed)
+            if ident is not None:
+                threading.Thread(
+                    target=self._power_on_later,
+                    args=(ctx.request, ident, managed, sorted(f.answered)),
+                    daemon=True,
+                ).start()
         return answer
 
     def _power_on_later(
-        self, tgt: Target, managed: Optional[ManagedGuest], hosts: list[str]
+        self, request: str, ident: rule.Identity, managed: Optional[ManagedGuest], hosts: list[str]
     ) -> None:
-        """The 'on' half of a reboot: after the host cluster has seen the guest stop."""
+        """The 'on' half of a reboot, unless an off of the domain came in since."""
+        plug = ident.uuid or ident.name
         try:
             if managed is not None and self.cluster is not None:
                 deadline = time.monotonic() + 60
@@ -886,56 +1148,65 @@ class Listener:
                     if st is not None and managed.rid not in st.placement:
                         break
                     time.sleep(0.5)
-                self.cluster.set_target_role(managed.rid, "Started")
+                with self._onoff:
+                    if self._off_since(plug, request) or self._off_since(ident.name, request):
+                        self.audit.info(f"reboot: power-on of {plug} cancelled by a later off")
+                        return
+                    self.cluster.set_target_role(managed.rid, "Started")
                 self.audit.info(f"reboot: asked the host cluster to start {managed.rid}")
                 return
             for h in hosts:
-                body = {"action": "local-on", "plug": tgt.uuid or tgt.name, "timeout": 30.0}
-                ans = (
-                    self.do_local_on(Ctx("", ALL, "", True), tgt.uuid or tgt.name, 30.0, body)
-                    if h == self.cfg.host
-                    else self._ask_peer(h, body, 35)
-                )
+                body = {"action": "local-on", "plug": plug, "timeout": 30.0, "request": request}
+                if h == self.cfg.host:
+                    ans = self.do_local_on(INTERNAL, plug, 30.0, body)
+                else:
+                    ans = self._ask_peer(h, body, 35)
                 if ans.get("status") == "ok":
-                    self.audit.info(f"reboot: started {tgt.name} on {h}")
+                    self.audit.info(f"reboot: started {ident.name} on {h}")
                     return
-            self.audit.warning(f"reboot: could not start {tgt.name} again")
+                if "cancelled" in str(ans.get("message", "")):
+                    self.audit.info(f"reboot: power-on of {plug} cancelled by a later off")
+                    return
+            self.audit.warning(f"reboot: could not start {ident.name} again")
         except (KvmhaError, BackendError, proto.ProtocolError) as exc:
-            self.audit.warning(f"reboot: could not start {tgt.name} again: {exc}")
+            self.audit.warning(f"reboot: could not start {ident.name} again: {exc}")
 
     def do_on(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
-        tgt, managed, sv, denied = self._authorize(ctx, "on", plug)
-        if denied:
-            return denied
-        if sv.active_hosts():
+        f = self.survey(plug)
+        ident, managed, prob = self._decide(ctx, "on", f)
+        if prob is not None or ident is None:
+            return prob or problem("internal-error", "no identity")
+        if rule.to_power_off(ident):
             return {"status": "ok", "state": "on", "already": True}
         if managed is not None and self.cluster is not None:
             self.cluster.set_target_role(managed.rid, "Started")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 time.sleep(0.5)
-                if self.survey(plug).active_hosts():
+                again = self.survey(plug)
+                i2, _ = rule.identify(again, managed)
+                if i2 is not None and rule.to_power_off(i2):
                     return {"status": "ok", "state": "on"}
-            return problem("on-failed", f"{tgt.name} not running after {timeout:.0f} s")
-        for h, info in sorted(sv.found.items()):
-            if not info.get("persistent"):
-                continue
-            body = {"action": "local-on", "plug": tgt.uuid or tgt.name, "timeout": timeout}
+            return problem("on-failed", f"{ident.name} not running after {timeout:.0f} s")
+        plug_id = ident.uuid or ident.name
+        for c in sorted(ident.copies, key=lambda c: c.host):
+            body = {"action": "local-on", "plug": plug_id, "timeout": timeout}
             ans = (
-                self.do_local_on(Ctx("", ALL, "", True), tgt.uuid or tgt.name, timeout, body)
-                if h == self.cfg.host
-                else self._ask_peer(h, body, timeout + 5)
+                self.do_local_on(INTERNAL, plug_id, timeout, body)
+                if c.host == self.cfg.host
+                else self._ask_peer(c.host, body, timeout + 5)
             )
             if ans.get("status") == "ok":
-                return {"status": "ok", "state": "on", "hosts": [h]}
-        return problem("on-failed", f"no host can start {tgt.name!r}")
+                return {"status": "ok", "state": "on", "hosts": [c.host]}
+        return problem("on-failed", f"no host can start {ident.name or plug!r}")
 
     def do_list(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         seen: dict[str, Json] = {}
+        hosts = self.member_hosts()
         futs = {
             self.pool.submit(self._ask_peer, h, {"action": "local-list"}): h
-            for h in self.cfg.peers
-            if h != self.cfg.host
+            for h, addr in hosts.items()
+            if h != self.cfg.host and addr is not None
         }
         results: list[tuple[str, list[Info]]] = []
         try:
@@ -950,16 +1221,20 @@ class Listener:
             if ans.get("status") == "ok" and isinstance(ans.get("domains"), list):
                 results.append((futs[fut], ans["domains"]))
         for host, doms in results:
+            present = set()
             for d in doms:
                 if not isinstance(d, dict):
                     continue
                 name = str(d.get("name", ""))
                 self._saw(host, d)
+                if d.get("active"):
+                    present.add(rule.norm_uuid(str(d.get("uuid", ""))))
                 rec = seen.setdefault(
                     name, {"name": name, "uuid": d.get("uuid", ""), "state": "off"}
                 )
                 if d.get("active"):
                     rec["state"] = "on"
+            self._forget(host, present)
         if self.cluster is not None:
             for g in self.cluster.guests().values():
                 seen.setdefault(g.name, {"name": g.name, "uuid": g.uuid, "state": "off"})
@@ -979,10 +1254,12 @@ class Listener:
 
     # ---- serving -------------------------------------------------------------
     def survey_loop(self) -> None:
-        """Remember where domains run, so that a dead host's domains are not 'unknown'."""
+        """Remember where domains run and which hosts answer, so that a silent host's
+        domains are neither 'unknown' nor called off on an old fence record."""
         while not self._stop.wait(self.cfg.survey_interval):
             try:
-                self.do_list(Ctx("", ALL, "", True), "", 10.0, {})
+                self.do_list(INTERNAL, "", 10.0, {})
+                self.refusals.flush()
                 self._save_state()
             except Exception as exc:
                 self.audit.warning(f"survey failed: {exc}")
@@ -997,7 +1274,7 @@ class Listener:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
-            request_queue_size = 256
+            request_queue_size = 512
 
         self._server = Server((self.cfg.listen, self.cfg.port), Handler)
         port = self._server.server_address[1]
@@ -1008,6 +1285,7 @@ class Listener:
         threading.Thread(target=self.survey_loop, daemon=True).start()
         if ready:
             ready(port)
+        sd_notify("READY=1", f"STATUS=listening on {self.cfg.listen}:{port}")  # Type=notify
         try:
             self._server.serve_forever(poll_interval=0.5)
         finally:
@@ -1018,6 +1296,7 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
         self.pool.shutdown(wait=False)
+        self.refusals.flush()
         self._save_state()
 
 

@@ -1,4 +1,5 @@
-"""The listener's hands on its own host: local libvirt, through its public API only.
+"""The listener's hands on its own host: local libvirt, through its public API only
+(connection, state names and error text from kvmha.virt, the one libvirt module).
 
 ``off`` pauses the domain first (its vCPUs stop within milliseconds: the guest is
 frozen and can no longer write anything), then destroys it through libvirt and polls
@@ -8,24 +9,13 @@ until libvirt itself reports it off. QEMU is never killed behind libvirt's back.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from typing import Any, Optional, Protocol
 
-UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
-)
-STATES = {
-    0: "nostate",
-    1: "running",
-    2: "blocked",
-    3: "paused",
-    4: "shutdown",
-    5: "shutoff",
-    6: "crashed",
-    7: "pmsuspended",
-}
+from kvmha import virt as kvirt
+from kvmha.fence.rule import looks_like_uuid
+
 Info = dict[str, Any]
 
 
@@ -42,23 +32,23 @@ class Backend(Protocol):
 
     def start(self, plug: str, timeout: float) -> Info: ...
 
+    def freeze(self, plug: str) -> Optional[float]: ...
 
-def looks_like_uuid(plug: str) -> bool:
-    return bool(UUID_RE.match(plug))
+    def thaw(self, plug: str) -> None: ...
 
 
 class LibvirtBackend:
     """One libvirt connection shared by all threads (libvirt-python is thread-safe)."""
 
-    def __init__(self, uri: str) -> None:
-        import libvirt  # host side only; guests never import this module
-
-        self.libvirt = libvirt
+    def __init__(self, uri: str, connect_timeout: float = 10.0) -> None:
+        try:  # through kvmha.virt, the one libvirt module (no stderr error lines)
+            self.libvirt = kvirt.load_libvirt()
+        except kvirt.LibvirtUnavailable as exc:
+            raise BackendError(str(exc)) from exc
         self.uri = uri
+        self.connect_timeout = connect_timeout
         self._conn: Any = None
         self._lock = threading.Lock()
-        # no error lines on stderr for lookups of domains that are elsewhere
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
     def conn(self) -> Any:
         with self._lock:
@@ -72,9 +62,10 @@ class LibvirtBackend:
                     self._conn.close()
                 self._conn = None
             try:
-                self._conn = self.libvirt.open(self.uri)
-            except self.libvirt.libvirtError as exc:
-                raise BackendError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+                self._conn = kvirt.connect(self.uri, self.connect_timeout)
+            except (self.libvirt.libvirtError, kvirt.ConnectTimeout) as exc:
+                why = kvirt.err_text(exc)
+                raise BackendError(f"cannot connect to libvirt at {self.uri}: {why}") from exc
             return self._conn
 
     def _lookup(self, plug: str) -> Any:
@@ -85,13 +76,13 @@ class LibvirtBackend:
                 try:
                     return conn.lookupByUUIDString(plug)
                 except lv.libvirtError as exc:
-                    if exc.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
+                    if kvirt.err_code(exc) != kvirt.VIR_ERR_NO_DOMAIN:
                         raise
             return conn.lookupByName(plug)
         except lv.libvirtError as exc:
-            if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+            if kvirt.err_code(exc) == kvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise BackendError(f"libvirt: {exc}") from exc
+            raise BackendError(f"libvirt: {kvirt.err_text(exc)}") from exc
 
     def _info(self, dom: Any) -> Info:
         lv = self.libvirt
@@ -100,14 +91,14 @@ class LibvirtBackend:
             return {
                 "name": dom.name(),
                 "uuid": dom.UUIDString(),
-                "state": STATES.get(state, "unknown"),
+                "state": kvirt.state_name(state),
                 "active": bool(dom.isActive()),
                 "persistent": bool(dom.isPersistent()),
             }
         except lv.libvirtError as exc:
-            if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+            if kvirt.err_code(exc) == kvirt.VIR_ERR_NO_DOMAIN:
                 return {"name": dom.name(), "uuid": "", "state": "gone", "active": False}
-            raise BackendError(f"libvirt: {exc}") from exc
+            raise BackendError(f"libvirt: {kvirt.err_text(exc)}") from exc
 
     def info(self, plug: str) -> Optional[Info]:
         dom = self._lookup(plug)
@@ -120,7 +111,7 @@ class LibvirtBackend:
         try:
             doms = self.conn().listAllDomains(0)
         except self.libvirt.libvirtError as exc:
-            raise BackendError(f"libvirt: {exc}") from exc
+            raise BackendError(f"libvirt: {kvirt.err_text(exc)}") from exc
         out = []
         for d in doms:
             info = self._info(d)
@@ -132,7 +123,7 @@ class LibvirtBackend:
         try:
             return bool(dom.isActive())
         except self.libvirt.libvirtError as exc:
-            if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN:
+            if kvirt.err_code(exc) == kvirt.VIR_ERR_NO_DOMAIN:
                 return False  # a transient domain is gone once it is off
             raise
 
@@ -144,7 +135,7 @@ class LibvirtBackend:
         lv = self.libvirt
         frozen = None
         try:
-            if dom.state()[0] == lv.VIR_DOMAIN_RUNNING:
+            if dom.state()[0] == kvirt.RUNNING:
                 dom.suspend()
             frozen = time.monotonic() - t0
         except lv.libvirtError:
@@ -158,7 +149,7 @@ class LibvirtBackend:
                 dom.destroy()
             except lv.libvirtError as exc:
                 err = exc
-                if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                if kvirt.err_code(exc) == kvirt.VIR_ERR_NO_DOMAIN:
                     break
                 time.sleep(0.05)
                 continue
@@ -191,3 +182,29 @@ class LibvirtBackend:
         except self.libvirt.libvirtError as exc:
             raise BackendError(f"cannot start {plug}: {exc}") from exc
         return {"state": "on", "already": False}
+
+    def freeze(self, plug: str) -> Optional[float]:
+        """Pause a running domain (its vCPUs stop: it can write nothing more); the seconds
+        it took, or None when it was not running (not paused by this call)."""
+        t0 = time.monotonic()
+        dom = self._lookup(plug)
+        if dom is None:
+            return None
+        try:
+            if dom.state()[0] != kvirt.RUNNING:
+                return None
+            dom.suspend()
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"cannot pause {plug}: {exc}") from exc
+        return time.monotonic() - t0
+
+    def thaw(self, plug: str) -> None:
+        """Resume a domain freeze() paused (a refused off must not leave it paused)."""
+        dom = self._lookup(plug)
+        if dom is None:
+            return
+        try:
+            if dom.state()[0] == kvirt.PAUSED:
+                dom.resume()
+        except self.libvirt.libvirtError as exc:
+            raise BackendError(f"cannot resume {plug}: {exc}") from exc

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmha import datacentre, pcmk
-from kvmha.domxml import DomainXMLError, parse_domain_xml
 from kvmha.endpoint import split_host_port
 from kvmha.errors import KvmhaError, UsageError
+from kvmha.virt import DomainXMLError, parse_domain
 
 AGENTS = ("ocf:kvmha:Guest", "ocf:heartbeat:VirtualDomain")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
@@ -95,9 +95,9 @@ def domain_name_of(xml_file: Path) -> str:
     except OSError as exc:
         raise UsageError(f"cannot read {xml_file}: {exc.strerror}") from exc
     try:
-        return parse_domain_xml(text).name
+        return parse_domain(text, str(xml_file))[0]
     except DomainXMLError as exc:
-        raise UsageError(f"{xml_file} {exc.problem}") from exc
+        raise UsageError(str(exc)) from exc
 
 
 def add(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
-from kvmha import datacentre, pcmk
+from kvmha import datacentre, pcmk, virt
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.guests import require_guest, require_host
 from kvmha.process import trace
@@ -40,10 +40,7 @@ def _open_domain(uri: str, name: str, seconds: float = 5.0) -> Any:
 
     def work() -> None:
         try:
-            import libvirt
-
-            libvirt.registerErrorHandler(lambda _c, _e: None, None)
-            box.append(libvirt.open(uri).lookupByName(name))
+            box.append(virt.connect(uri, seconds).lookupByName(name))
         except Exception:  # progress is best effort: the cluster result decides
             box.append(None)
 

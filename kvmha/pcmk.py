@@ -564,3 +564,20 @@ class CachedCluster:
     def set_target_role(self, rid: str, role: str) -> None:
         set_target_role(rid, role, self.timeout * 2)
         self.invalidate()
+
+
+# ---- the resource agent's calls (ocf:kvmha:Guest imports this module lazily, only on
+# the paths below: never in a plain monitor) -----------------------------------------------
+def set_utilization(rsc: str, key: str, value: str | None, timeout: float = 10.0) -> None:
+    """Set one utilization attribute of a resource, or remove it (value None)."""
+    args = ["--resource", rsc, "--utilization"]
+    if value is None:
+        args += ["--delete-parameter", key]
+    else:
+        args += ["--set-parameter", key, "--parameter-value", value]
+    crm_resource(*args, timeout=timeout)
+
+
+def member_names(timeout: float = 10.0) -> list[str]:
+    """Names of the nodes that are cluster members now (crm_node -l, lost ones left out)."""
+    return [m.name for m in members(timeout) if m.is_member]

@@ -19,8 +19,10 @@ PACKAGES=(
   busybox-static cpio iproute2 util-linux procps libxml2-utils
   rpm rpmlint make python3-build python3-wheel python3-matplotlib
   fence-virt fence-virtd
+  mmdebstrap qemu-utils
   python3 python3-venv python3-pip python3-setuptools
   python3-libvirt python3-pyroute2 python3-dbus python3-click dbus-daemon python3-gi
+  cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -62,6 +64,9 @@ install -d -m 0755 /usr/lib/ocf/resource.d/kvmha
 install -m 0755 tools/bin/fence_kvmhalab /usr/sbin/fence_kvmhalab
 install -m 0755 fence/fence_kvmha /usr/sbin/fence_kvmha
 install -m 0755 fence/kvmha-fence-listener /usr/sbin/kvmha-fence-listener
+# the web console (cockpit-kvmha): a Cockpit package, served by every host's cockpit-ws
+rm -rf /usr/share/cockpit/kvmha && install -d -m 0755 /usr/share/cockpit/kvmha
+install -m 0644 tools/cockpit/* /usr/share/cockpit/kvmha/
 
 # test tools
 if [ ! -x .venv/bin/pytest ] || ! cmp -s requirements-dev.txt .venv/.requirements-dev.txt; then

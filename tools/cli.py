@@ -53,10 +53,11 @@ def _optional(spec: str) -> Optional[click.Command]:
 def _register() -> None:
     from kvmha.tools.cluster_cli import completion, dc, guest, status
     from kvmha.tools.doctor_cli import doctor
+    from kvmha.tools.events_cli import events
     from kvmha.tools.fence_cli import fence
     from kvmha.tools.net_cli import net
 
-    for cmd in (status, guest, dc, doctor, fence, net, completion):
+    for cmd in (status, guest, dc, doctor, fence, net, completion, events):
         main.add_command(cmd)
     for spec in OPTIONAL_COMMANDS:
         opt = _optional(spec)

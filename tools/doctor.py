@@ -20,6 +20,7 @@ the command itself failing (bad option), never for a finding: like ``kvmha net c
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import os
 import socket
@@ -32,6 +33,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from kvmha import pcmk
 from kvmha.errors import KvmhaError, UsageError
+from kvmha.process import trace
 from kvmha.tools.systemd import (
     Proc,
     ProcMatch,
@@ -258,22 +260,28 @@ class Context:
 # ---- libvirt ---------------------------------------------------------------------------
 
 
-def probe_libvirt(uri: str) -> str:
-    """Open uri and describe what answered; raises KvmhaError."""
+def probe_libvirt(uri: str, timeout: float = 60.0) -> str:
+    """Open uri (through kvmha.virt) and describe what answered; raises KvmhaError, or
+    TimeoutError when libvirt does not open the connection in time."""
+    from kvmha import virt
+
+    trace(f"libvirt: open {uri}, getLibVersion(), numOfDomains()")
     try:
-        import libvirt
-    except ImportError as exc:
+        conn = virt.connect(uri, timeout)
+    except virt.LibvirtUnavailable as exc:
         raise KvmhaError("libvirt-python is not installed", "dnf install python3-libvirt") from exc
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
+    except virt.ConnectTimeout as exc:
+        raise TimeoutError(str(exc)) from exc
+    except Exception as exc:  # libvirt.libvirtError: the module is imported lazily
+        raise KvmhaError(f"cannot open {uri}: {virt.err_text(exc)}") from exc
     try:
-        conn = libvirt.open(uri)
-        try:
-            v = conn.getLibVersion()
-            n = conn.numOfDomains()
-        finally:
+        v = conn.getLibVersion()
+        n = conn.numOfDomains()
+    except Exception as exc:
+        raise KvmhaError(f"libvirt at {uri} failed: {virt.err_text(exc)}") from exc
+    finally:
+        with contextlib.suppress(Exception):
             conn.close()
-    except libvirt.libvirtError as exc:
-        raise KvmhaError(f"cannot open {uri}: {exc.get_error_message()}") from exc
     ver = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
     return f"libvirt {ver} at {uri} answers, {n} domain(s) running"
 

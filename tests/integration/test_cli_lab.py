@@ -163,8 +163,11 @@ def test_guest_lifecycle_and_migration_with_progress(lab3: Lab) -> None:
         (["guest", "migrate", "guest1", "host9"], "unknown host 'host9'"),
         (["dc", "show", "nosuch"], "unknown data centre 'nosuch'"),
         (["dc", "create", "Bad Name"], "bad data centre name"),
-        (["guest", "add", "guest7", "--xml", "/etc/hostname"], "is not XML"),
-        (["guest", "add", "guest7", "--xml", "/etc/corosync/corosync.conf"], "is not XML"),
+        (["guest", "add", "guest7", "--xml", "/etc/hostname"], "is not well-formed XML"),
+        (
+            ["guest", "add", "guest7", "--xml", "/etc/corosync/corosync.conf"],
+            "is not well-formed XML",
+        ),
         (["guest", "add", "guest7", "--xml", "/nonexistent.xml"], "cannot read"),
         (["guest", "add", "guest7", "--xml", "/x.xml", "--health", "ftp=x"], "bad --health"),
     ],

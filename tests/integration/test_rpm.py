@@ -1,9 +1,12 @@
-"""make rpm builds the SRPM and both noarch RPMs; rpmlint finds no errors; the RPMs install
-into a scratch root with every path and mode right, and what they install runs."""
+"""make rpm builds the SRPM and the noarch RPMs (kvmha, fence-agents-kvmha, kvmha-lab,
+cockpit-kvmha), running the unit tests in %check; rpmlint finds no errors and every filter
+is used; the RPMs install into a scratch root with every path and mode right, the lab is
+in its own subpackage and the production package runs without it."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -33,7 +36,13 @@ EXPECTED = {  # path -> (type, mode, package)
     "/usr/share/bash-completion/completions/kvmha": ("f", 0o644, "kvmha"),
     "/usr/sbin/fence_kvmha": ("f", 0o755, "fence-agents-kvmha"),
     "/usr/share/man/man8/fence_kvmha.8": ("f", 0o644, "fence-agents-kvmha"),
+    "/usr/lib/firewalld/services/kvmha-fence-listener.xml": ("f", 0o644, "kvmha"),
+    "/usr/lib/firewalld/services/kvmha-migration.xml": ("f", 0o644, "kvmha"),
+    "/usr/sbin/fence_kvmhalab": ("f", 0o755, "kvmha-lab"),
+    "/usr/share/cockpit/kvmha": ("d", 0o755, "cockpit-kvmha"),
 }
+SUBPACKAGES = {"kvmha", "fence-agents-kvmha", "kvmha-lab", "cockpit-kvmha"}
+BUILD_LOG: list[str] = []
 
 
 def sh(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -44,11 +53,10 @@ def sh(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def rpms() -> dict[str, Path]:
     r = sh("make", "rpm", cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    BUILD_LOG.append(r.stdout + r.stderr)
     found = {p.name: p for p in DIST.glob("*.rpm")}
-    assert set(found) == {
-        "kvmha-0.1.0-1.src.rpm",
-        "kvmha-0.1.0-1.noarch.rpm",
-        "fence-agents-kvmha-0.1.0-1.noarch.rpm",
+    assert set(found) == {"kvmha-0.1.0-1.src.rpm"} | {
+        f"{n}-0.1.0-1.noarch.rpm" for n in SUBPACKAGES
     }, found
     return found
 
@@ -66,6 +74,95 @@ def test_rpmlint_has_no_errors(rpms: dict[str, Path]) -> None:
     r = sh("rpmlint", "-r", str(REPO / "packaging/rpm/kvmha.rpmlintrc"), *map(str, rpms.values()))
     summary = r.stdout.strip().splitlines()[-1]
     assert " 0 errors" in summary, r.stdout
+
+
+def test_every_rpmlint_filter_is_used(rpms: dict[str, Path]) -> None:
+    r = sh("rpmlint", *map(str, rpms.values()))  # without the project's filters
+    reported = [x for x in r.stdout.splitlines() if ": E: " in x or ": W: " in x]
+    rc = (REPO / "packaging/rpm/kvmha.rpmlintrc").read_text().splitlines()
+    filters = [x.split('"')[1] for x in rc if x.startswith("addFilter(")]
+    assert filters
+    for f in filters:
+        assert any(re.search(f, line) for line in reported), f"unused filter {f!r}"
+    for j, line in enumerate(rc):  # every filter (or group of filters) has its reason above
+        if line.startswith("addFilter("):
+            k = j - 1
+            while rc[k].startswith("addFilter("):
+                k -= 1
+            assert rc[k].startswith("#"), f"no reason above {line}"
+
+
+def test_check_ran_the_unit_tests(rpms: dict[str, Path]) -> None:
+    log = BUILD_LOG[0]
+    assert "Executing(%check)" in log
+    assert re.search(r"\n\d+ passed in ", log), log[-2000:]
+
+
+def test_runtime_requires(rpms: dict[str, Path]) -> None:
+    reqs = sh("rpm", "-qpR", str(rpms["kvmha-0.1.0-1.noarch.rpm"])).stdout.split()
+    for name in (
+        "python3-libvirt",
+        "python3-pyroute2",
+        "python3-dbus",
+        "python3-click",
+        "pcs",
+        "pacemaker",
+        "pacemaker-cli",
+        "libvirt-daemon-driver-qemu",
+        "firewalld-filesystem",
+    ):
+        assert name in reqs, name
+    spec = (REPO / "packaging/rpm/kvmha.spec").read_text()
+    for macro in ("%pyproject_buildrequires", "%pyproject_wheel", "%pyproject_install"):
+        assert macro in spec
+    assert "%pyproject_save_files kvmha" in spec and "-f %{pyproject_files}" in spec
+    for m in ("systemd_post", "systemd_preun", "systemd_postun_with_restart"):
+        assert f"%{m} kvmha-fence-listener.service" in spec
+
+
+def test_lab_is_only_in_kvmha_lab(root: Path, rpms: dict[str, Path]) -> None:
+    main = sh("rpm", "-qpl", str(rpms["kvmha-0.1.0-1.noarch.rpm"])).stdout.splitlines()
+    lab = sh("rpm", "-qpl", str(rpms["kvmha-lab-0.1.0-1.noarch.rpm"])).stdout.splitlines()
+    assert not [f for f in main if "/kvmha/tools/lab" in f]
+    assert any(f.endswith("/kvmha/tools/lab/lab.py") for f in lab)
+    assert any(f.endswith("/kvmha/tools/lab/install.md") for f in lab)  # the guide it runs
+    guide = next(root.glob("usr/lib/python3*/site-packages/kvmha/tools/lab/install.md"))
+    assert not guide.is_symlink() and guide.read_text() == (REPO / "docs/install.md").read_text()
+    cockpit = sh("rpm", "-qpl", str(rpms["cockpit-kvmha-0.1.0-1.noarch.rpm"])).stdout.split()
+    for f in (
+        sorted((REPO / "tools/cockpit").glob("*")) if (REPO / "tools/cockpit").is_dir() else []
+    ):
+        assert f"/usr/share/cockpit/kvmha/{f.name}" in cockpit, f.name
+
+
+def test_production_package_runs_without_the_lab(
+    rpms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """kvmha and fence-agents-kvmha alone (no kvmha-lab): the CLI and the listener load."""
+    d = tmp_path_factory.mktemp("rpmroot-prod")
+    binaries = [str(rpms[f"{n}-0.1.0-1.noarch.rpm"]) for n in ("kvmha", "fence-agents-kvmha")]
+    r = sh("rpm", "--root", str(d), "--nodeps", "--noscripts", "-i", *binaries)
+    assert r.returncode == 0, r.stderr
+    env = {"PATH": "/usr/sbin:/usr/bin", "PYTHONPATH": str(site_packages(d))}
+    for argv in (
+        ["-c", "import kvmha.tools.cli"],
+        ["-m", "kvmha.tools.cli", "--help"],
+        ["-m", "kvmha.tools.cli", "fence", "--help"],
+        ["-c", "import kvmha.fence.listener"],
+    ):
+        r = sh("/usr/bin/python3", *argv, env=env, cwd="/")
+        assert r.returncode == 0, (argv, r.stderr[-1500:])
+
+
+def test_listener_unit_as_installed(root: Path) -> None:
+    unit = (root / "usr/lib/systemd/system/kvmha-fence-listener.service").read_text()
+    assert "Type=notify" in unit and "virtqemud.service" in unit
+    r = sh("systemd-analyze", "security", "--offline=true", "--no-pager",
+           str(root / "usr/lib/systemd/system/kvmha-fence-listener.service"))  # fmt: skip
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m and float(m.group(1)) <= 4.0, r.stdout[-1500:]
+    for name in ("kvmha-fence-listener.xml", "kvmha-migration.xml"):
+        ET.parse(root / "usr/lib/firewalld/services" / name)
 
 
 def test_paths_modes_and_owners(root: Path, rpms: dict[str, Path]) -> None:

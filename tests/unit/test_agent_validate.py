@@ -291,8 +291,11 @@ def test_reload_agent(tmp_path: Path, config: Path) -> None:
         health_timeout="3",
     )
     assert res.returncode == 0
+    # never 6 from reload-agent: Pacemaker would stop the guest everywhere; the reason is
+    # printed, and the next monitor shows it (190)
     res = run_agent("reload-agent", tmp_path, config=str(config), health_timeout="zero")
-    assert res.returncode == 6
+    assert res.returncode == 0
+    assert "health_timeout" in res.stderr
 
 
 @pytest.mark.parametrize(
@@ -318,5 +321,8 @@ def test_no_traceback_on_garbage_environment(tmp_path: Path, action: str) -> Non
     )
     err = res.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err
-    assert res.returncode in (1, 2, 5, 6, 7), err
+    if action in ("monitor", "reload-agent"):  # never the fatal 6 (see docs/agent.md)
+        assert res.returncode in (0, 1, 5, 7, 190), err
+    else:
+        assert res.returncode in (1, 2, 5, 6, 7), err
     assert "ocf-exit-reason:" in err or res.returncode == 7

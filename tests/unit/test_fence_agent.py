@@ -10,11 +10,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.fence_lab import run_agent
 
 from kvmha.fence import agent
 from kvmha.fence.keys import KeyFileError, Scope, write_private
-
-from .test_fence_fakes import run_agent
 
 RNG = "/usr/share/cluster/relaxng/metadata.rng"
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "fence" / "agent.py"

@@ -12,11 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kvmha.fence import agent
-from kvmha.fence.keys import Key, Scope
-
-from .test_fence_fakes import (
+from support.fence_lab import (
     HOST_KEY,
     Lab,
     agent_args,
@@ -24,6 +20,9 @@ from .test_fence_fakes import (
     run_agent,
     wait_until,
 )
+
+from kvmha.fence import agent
+from kvmha.fence.keys import Key, Scope
 
 
 @pytest.fixture
@@ -53,10 +52,12 @@ def test_off_is_forwarded_to_the_owner_and_confirmed(lab: Lab, key: Path) -> Non
     assert out.strip() == "Success: Powered OFF"
     assert lab.world.offs == [("host3", "guest3")]
     # the owner logged the forwarded request, the first listener the guest's request
-    assert any(e.get("action") == "off" and e["key"] == "gc1" for e in lab.audit_lines("host1"))
-    assert any(
-        e.get("action") == "local-off" and e["key"] == "@hosts" for e in lab.audit_lines("host3")
-    )
+    (req,) = [e for e in lab.audit_lines("host1") if e.get("action") == "off"]
+    assert req["key"] == "gc1" and req["request"]
+    # host1 asked in its own name, and the owner's log says on whose behalf
+    (fwd,) = [e for e in lab.audit_lines("host3") if e.get("action") == "local-off"]
+    assert fwd["key"] == "@hosts:host1"
+    assert fwd["origin"] == {"key": "gc1", "client": "127.0.0.1", "request": req["request"]}
 
 
 def test_unknown_domain_is_never_reported_off(lab: Lab, key: Path) -> None:
@@ -240,6 +241,7 @@ def test_failover_to_the_next_listener(lab: Lab, key: Path) -> None:
     ]
     lab.listeners["host2"].cfg.peers.pop("host1")  # host1 is gone from the peers too
     lab.listeners["host3"].cfg.peers.pop("host1", None)
+    lab.cluster.fence("host1")  # and fenced: a member host that does not answer must be
     rc, out, err = run_agent(argv)
     assert rc == 0, err
     assert err.count("cannot connect") == 2
@@ -256,8 +258,7 @@ def test_dead_host_not_fenced_means_no_answer(lab: Lab, key: Path) -> None:
     rc, _, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host2"]))
     assert rc == 1
     # the host cluster fences host1: now the domain is off with it
-    lab.cluster.offline.add("host1")
-    lab.cluster.fenced.add("host1")
+    lab.cluster.fence("host1")
     rc, out, err = run_agent(agent_args(lab, key, "off", "guest1", hosts=["host2"]))
     assert (rc, out.strip()) == (0, "Success: Already OFF"), err
     rc, out, _ = run_agent(agent_args(lab, key, "status", "guest1", hosts=["host3"]))

@@ -179,7 +179,6 @@ MONITOR_ALLOWED = {
     "kvmha.process",
     "kvmha.virt",
     "kvmha.pcmk",
-    "kvmha.domxml",
     "kvmha.endpoint",
 }
 MONITOR_FORBIDDEN = ("click", "pyroute2", "dbus", "kvmha.tools", "kvmha.netcfg", "kvmha.fence")

@@ -69,10 +69,32 @@ def lab() -> None:
     show_default=True,
     help="Corosync token timeout in ms.",
 )
+@click.option(
+    "--guest-image",
+    type=click.Choice(["busybox", "debian", "debian-remote"]),
+    default="busybox",
+    show_default=True,
+    help="busybox: tiny fast guests; debian: real Debian 12 guests; debian-remote: real "
+    "guests as Pacemaker Remote guest nodes (docs/guests.md).",
+)
+@click.option(
+    "--guest-cluster",
+    is_flag=True,
+    help="Form a Pacemaker cluster inside the Debian guests, fencing through kvmha.",
+)
 @json_option
-def up(labdir: Path, hosts: int, guests: int, agent: str, token_ms: int, as_json: bool) -> None:
+def up(
+    labdir: Path,
+    hosts: int,
+    guests: int,
+    agent: str,
+    token_ms: int,
+    guest_image: str,
+    guest_cluster: bool,
+    as_json: bool,
+) -> None:
     """Bring the lab up (idempotent); returns when every host is online and quorate."""
-    _lab(labdir).up(hosts, guests, agent, token_ms)
+    _lab(labdir).up(hosts, guests, agent, token_ms, guest_image, guest_cluster)
     if as_json:
         emit("lab-action", {"action": "up", "host": None, "done": True})
 
@@ -233,13 +255,29 @@ def chaos(
     type=click.Path(path_type=Path),
     help="Also write the timeline as JSON to this file.",
 )
+@click.option(
+    "--guest-image",
+    type=click.Choice(["busybox", "debian"]),
+    default="busybox",
+    show_default=True,
+    help="debian: a guest cluster of 3 real guests serving HTTP (docs/guests.md).",
+)
 def demo(
-    labdir: Path, hosts: int, guests: int, agent: str, as_json: bool, json_file: Path | None
+    labdir: Path,
+    hosts: int,
+    guests: int,
+    agent: str,
+    as_json: bool,
+    json_file: Path | None,
+    guest_image: str,
 ) -> None:
     """Bring a lab up, cut the power of a host that runs a guest, and time the recovery.
 
     With --json the timeline's text goes to stderr and its JSON to stdout."""
-    from kvmha.tools.lab.demo import run_demo
+    from kvmha.tools.lab import demo, realdemo
+
+    # debian: a real guest cluster (realdemo); busybox: the host cluster's demo
+    run_demo = realdemo.run_demo if guest_image == "debian" else demo.run_demo
 
     if not as_json:
         run_demo(_lab(labdir), hosts, guests, agent, json_file)

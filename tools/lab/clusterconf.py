@@ -133,14 +133,28 @@ def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
     if cfg.agent == "Guest":
         # software HA: the deep monitor (OCF_CHECK_LEVEL=10) asks the guest agent and the
         # guest's own HTTP service
-        params["shutdown_timeout"] = "20"
+        params["shutdown_timeout"] = "60" if cfg.real_guests else "20"
         params["health_agent_ping"] = "true"
-        params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
+        if not cfg.guest_cluster and not cfg.remote_nodes:
+            # nginx runs in every guest only then: in a guest cluster it runs on one member
+            # (its resource), in a guest node as a host-cluster resource
+            params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
     _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
-    _nvset(prim, "meta_attributes", f"{guest}-meta", {"allow-migrate": "true"})
+    meta = {"allow-migrate": "true"}
+    if cfg.remote_nodes:
+        # a Pacemaker Remote guest node: the host cluster runs resources inside it
+        meta.update(
+            {
+                "remote-node": cfg.remote_node_name(guest),
+                "remote-addr": cfg.guest_address(guest),
+                "remote-connect-timeout": "300s",
+            }
+        )
+    _nvset(prim, "meta_attributes", f"{guest}-meta", meta)
     ops = ET.SubElement(prim, "operations")
-    _op(ops, guest, "start", "60s")
-    _op(ops, guest, "stop", "60s")
+    # a Debian guest boots under TCG in 30-40 s alone, and several at once share 2 cores
+    _op(ops, guest, "start", "300s" if cfg.real_guests else "60s")
+    _op(ops, guest, "stop", "120s" if cfg.real_guests else "60s")
     _op(ops, guest, "monitor", "30s", "10s")
     if cfg.agent == "Guest":
         _op(ops, guest, "monitor", "30s", "15s", {"OCF_CHECK_LEVEL": "10"})
@@ -155,7 +169,77 @@ def resources_xml(cfg: LabConfig) -> str:
     res.append(fence_device(cfg))
     for g in cfg.guest_names():
         res.append(guest_resource(cfg, g))
+        if cfg.remote_nodes:
+            res.append(guest_service(cfg, g))
     return ET.tostring(res, encoding="unicode")
+
+
+def guest_service(cfg: LabConfig, guest: str) -> ET.Element:
+    """nginx inside guest node guest, as a host-cluster resource."""
+    rid = cfg.service_id(guest)
+    prim = ET.Element("primitive", id=rid, type="nginx")
+    prim.set("class", "systemd")
+    ops = ET.SubElement(prim, "operations")
+    _op(ops, rid, "monitor", "60s", "10s")
+    _op(ops, rid, "start", "100s")
+    _op(ops, rid, "stop", "100s")
+    return prim
+
+
+def constraints_xml(cfg: LabConfig) -> str:
+    """Guest-cluster members prefer different hosts (a preference, not a rule: with a
+    host down, two members share a host rather than one staying down)."""
+    cons = ET.Element("constraints")
+    if cfg.remote_nodes:
+        for g in cfg.guest_names():
+            rid = cfg.service_id(g)
+            # only inside its own guest node: never probed or run on a host
+            loc = ET.SubElement(
+                cons,
+                "rsc_location",
+                {"id": f"{rid}-not-hosts", "rsc": rid, "resource-discovery": "never"},
+            )
+            rule = ET.SubElement(loc, "rule", {"id": f"{rid}-not-hosts-rule", "score": "-INFINITY"})
+            ET.SubElement(
+                rule,
+                "expression",
+                {
+                    "id": f"{rid}-not-hosts-expr",
+                    "attribute": "#kind",
+                    "operation": "ne",
+                    "value": "remote",
+                },
+            )
+            ET.SubElement(
+                cons,
+                "rsc_location",
+                {
+                    "id": f"{rid}-in-{g}",
+                    "rsc": rid,
+                    "node": cfg.remote_node_name(g),
+                    "score": "INFINITY",
+                },
+            )
+            for other in cfg.guest_names():
+                if other != g:
+                    ET.SubElement(
+                        cons,
+                        "rsc_location",
+                        {
+                            "id": f"{rid}-not-{other}",
+                            "rsc": rid,
+                            "node": cfg.remote_node_name(other),
+                            "score": "-INFINITY",
+                            "resource-discovery": "never",
+                        },
+                    )
+    if cfg.guest_cluster:
+        names = cfg.guest_names()
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                attrs = {"id": f"spread-{a}-{b}", "rsc": a, "with-rsc": b, "score": "-1000"}
+                ET.SubElement(cons, "rsc_colocation", attrs)
+    return ET.tostring(cons, encoding="unicode")
 
 
 PACEMAKER_DIRS = (

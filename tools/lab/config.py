@@ -18,6 +18,13 @@ DEFAULT_LABDIR = Path("/var/lib/kvmha-lab")
 MAX_HOSTS = 5
 MAX_GUESTS = 9
 SUBNET = "10.77.0"  # exists only inside the lab's own network namespaces
+# debian-remote: the remote variant (pacemaker-remote), each guest a Pacemaker Remote
+# guest node of the host cluster (meta remote-node on its ocf:kvmha:Guest resource)
+GUEST_IMAGES = ("busybox", "debian", "debian-remote")
+# Corosync inside TCG guests on a loaded 2-core machine: a vCPU can be starved for
+# seconds, so the guest cluster's token is generous (consensus defaults to 1.2 x token).
+GUEST_CLUSTER_TOKEN_MS = 10000
+GUEST_CLUSTER_VIP_INDEX = 99  # the guest cluster's service address, 10.77.0.99
 AGENTS = {
     "Guest": "ocf:kvmha:Guest",
     "VirtualDomain": "ocf:heartbeat:VirtualDomain",
@@ -48,8 +55,19 @@ class LabConfig:
     guests: int
     agent: str = "Guest"
     token_ms: int = 1000
+    guest_image: str = "busybox"
+    guest_cluster: bool = False
 
     def __post_init__(self) -> None:
+        if self.guest_image not in GUEST_IMAGES:
+            raise UsageError(
+                f"unknown guest image {self.guest_image!r}", f"use one of {', '.join(GUEST_IMAGES)}"
+            )
+        if self.guest_cluster and (self.guest_image != "debian" or self.guests < 2):
+            raise UsageError(
+                "a guest cluster needs real guests",
+                "use --guest-image debian with --guests 2 or more",
+            )
         if not 1 <= self.hosts <= MAX_HOSTS:
             raise UsageError(f"--hosts {self.hosts} is out of range", f"use 1 to {MAX_HOSTS}")
         if not 0 <= self.guests <= MAX_GUESTS:
@@ -115,6 +133,46 @@ class LabConfig:
     def gc_node_dir(self, node: str) -> Path:
         return self.gc_dir / node
 
+    @property
+    def real_guests(self) -> bool:
+        return self.guest_image in ("debian", "debian-remote")
+
+    @property
+    def remote_nodes(self) -> bool:
+        return self.guest_image == "debian-remote"
+
+    @property
+    def image_variant(self) -> str:
+        return "remote" if self.remote_nodes else "full"
+
+    def remote_node_name(self, guest: str) -> str:
+        """guest's node name as a Pacemaker Remote guest node of the host cluster (not the
+        resource ID: Pacemaker names the implicit connection resource after the node)."""
+        return f"{guest}-node"
+
+    def service_id(self, guest: str) -> str:
+        """The host-cluster resource that runs nginx inside a guest node."""
+        return f"web-{guest}"
+
+    def guest_nodeid(self, guest: str) -> int:
+        """The guest's corosync nodeid in the real guest cluster."""
+        return int(guest[5:])
+
+    def guest_machine_id(self, guest: str) -> str:
+        return uuid.UUID(self.guest_uuid(guest)).hex
+
+    @property
+    def gc_vip(self) -> str:
+        return f"{SUBNET}.{GUEST_CLUSTER_VIP_INDEX}"
+
+    def guest_disk(self, guest: str) -> Path:
+        """The guest's own writable disk: a qcow2 overlay on the shared base."""
+        return self.image_dir / f"{guest}.qcow2"
+
+    def guest_seed(self, guest: str) -> Path:
+        """The guest's read-only seed disk (its identity and configuration)."""
+        return self.image_dir / f"{guest}-seed.img"
+
     def guest_mac(self, guest: str) -> str:
         return f"52:54:00:4b:00:{int(guest[5:]):02x}"
 
@@ -141,6 +199,11 @@ class LabConfig:
         return self.labdir / "image"
 
     @property
+    def lockspace_dir(self) -> Path:
+        """virtlockd's lockspace, on the storage every host shares (the lab directory)."""
+        return self.labdir / "locks"
+
+    @property
     def pdu_socket(self) -> Path:
         return self.labdir / "power" / "pdu.sock"
 
@@ -165,6 +228,8 @@ class LabConfig:
             "guests": self.guests,
             "agent": self.agent,
             "token_ms": self.token_ms,
+            "guest_image": self.guest_image,
+            "guest_cluster": self.guest_cluster,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -183,6 +248,8 @@ class LabConfig:
                 guests=int(data["guests"]),
                 agent=str(data.get("agent", "Guest")),
                 token_ms=int(data.get("token_ms", 1000)),
+                guest_image=str(data.get("guest_image", "busybox")),
+                guest_cluster=bool(data.get("guest_cluster", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KvmhaError(f"{f} is damaged: {exc}", "run 'kvmha lab down --purge'") from exc

@@ -57,7 +57,7 @@ FENCE_LISTENER_CONF = "/etc/kvmha/fence/listener.conf"
 DAEMONS_FILE = "/run/kvmha-lab-daemons.json"
 # Like their systemd units (Restart=on-failure): libvirtd and virtlogd come back after a
 # crash; corosync does not, and pacemakerd is left alone (its children outlive it).
-RESTART_DELAY = {"libvirtd": 1.0, "virtlogd": 1.0, "fence-listener": 1.0}
+RESTART_DELAY = {"libvirtd": 1.0, "virtlogd": 1.0, "virtlockd": 1.0, "fence-listener": 1.0}
 
 
 def node_paths(cfg: LabConfig, node: str, role: str) -> tuple[str, Path, Path]:
@@ -194,6 +194,8 @@ class HostInit:
             return
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
         self.start("virtlogd", ["/usr/sbin/virtlogd"], "/var/log/libvirt/virtlogd.out")
+        # the lock manager (qemu.conf lock_manager = "lockd") before libvirtd needs it
+        self.start("virtlockd", ["/usr/sbin/virtlockd"], "/var/log/libvirt/virtlockd.out")
         self.start(
             "libvirtd",
             ["/usr/sbin/libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"],
@@ -208,7 +210,12 @@ class HostInit:
             "pacemakerd",
             ["/usr/sbin/pacemakerd"],
             "/var/log/pacemaker/pacemakerd.out",
-            {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"},
+            {
+                "PCMK_logfacility": "none",
+                "PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
+                # Pacemaker Remote guest nodes (--guest-image debian-remote): the lab's key
+                "PCMK_authkey_location": "/etc/kvmha/pacemaker-authkey",
+            },
         )
         if Path(FENCE_LISTENER_CONF).exists():
             # as systemd would start kvmha-fence-listener.service
@@ -286,6 +293,7 @@ class HostInit:
         self._stop("pacemakerd", 120)
         self._stop("corosync", 30)
         self._stop("libvirtd", 15)
+        self._stop("virtlockd", 5)
         self._stop("virtlogd", 5)
         _log("halted")
         os._exit(0)

@@ -28,11 +28,14 @@ from kvmha.tools.lab.config import AGENTS, LabConfig, check_labdir
 from kvmha.tools.lab.image import DEFAULT_CACHE, ensure_image
 
 Progress = Callable[[str], None]
+
+
 REQUIRED_TOOLS = (
     "/usr/sbin/corosync",
     "/usr/sbin/pacemakerd",
     "/usr/sbin/libvirtd",
     "/usr/sbin/virtlogd",
+    "/usr/sbin/virtlockd",
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/nsenter",
     "/usr/sbin/cibadmin",
@@ -141,15 +144,29 @@ class Lab:
             time.sleep(interval)
 
     # ---- up -----------------------------------------------------------------
-    def up(self, hosts: int, guests: int, agent: str = "Guest", token_ms: int = 1000) -> None:
-        wanted = LabConfig(self.labdir, hosts, guests, agent, token_ms)
+    def up(
+        self,
+        hosts: int,
+        guests: int,
+        agent: str = "Guest",
+        token_ms: int = 1000,
+        guest_image: str = "busybox",
+        guest_cluster: bool = False,
+    ) -> None:
+        wanted = LabConfig(self.labdir, hosts, guests, agent, token_ms, guest_image, guest_cluster)
         t0 = time.monotonic()
         if self._cfg is not None:
             have = self._cfg
-            if (have.hosts, have.guests, have.agent) != (hosts, guests, agent):
+            if (have.hosts, have.guests, have.agent, have.guest_image, have.guest_cluster) != (
+                hosts,
+                guests,
+                agent,
+                guest_image,
+                guest_cluster,
+            ):
                 raise UsageError(
                     f"the lab in {self.labdir} is up with {have.hosts} hosts, {have.guests} "
-                    f"guests and {have.agent}",
+                    f"{have.guest_image} guests and {have.agent}",
                     "run 'kvmha lab down' first to change its size",
                 )
             self.say(f"lab in {self.labdir} exists: checking it")
@@ -179,11 +196,30 @@ class Lab:
                     clusterconf.resources_xml(cfg),
                 ],
             )
+            if cfg.guest_cluster or cfg.remote_nodes:  # (references the guests: after them)
+                self.run_in(
+                    cfg.host_names()[0],
+                    [
+                        "cibadmin",
+                        "--replace",
+                        "-o",
+                        "constraints",
+                        "--xml-text",
+                        clusterconf.constraints_xml(cfg),
+                    ],
+                )
         if cfg.guests:
             took = self.wait(
-                f"{cfg.guests} guest(s) running and ready", self._guests_ready, 240, interval=0.5
+                f"{cfg.guests} guest(s) running and ready",
+                self._guests_ready,
+                600 if cfg.real_guests else 240,
+                interval=0.5,
             )
             self.say(f"{cfg.guests} guest(s) running and ready ({took:.1f} s)")
+        if cfg.guest_cluster:
+            from kvmha.tools.lab.realcluster import RealGuestCluster
+
+            RealGuestCluster(self).form()
         self.say(f"lab up in {time.monotonic() - t0:.1f} s")
 
     def _all_online(self) -> bool:
@@ -241,14 +277,17 @@ class Lab:
         """A fresh lab directory: configuration, host disks, guest definitions."""
         self.say(f"preparing {cfg.labdir}")
         cfg.labdir.mkdir(parents=True, exist_ok=True)
-        for name in ("hosts", "guests", "run", "power", "image"):
+        for name in ("hosts", "guests", "run", "power", "image", "locks"):
             shutil.rmtree(cfg.labdir / name, ignore_errors=True)
-        for d in (cfg.run_dir, cfg.guests_dir, cfg.pdu_dir, cfg.image_dir):
+        for d in (cfg.run_dir, cfg.guests_dir, cfg.pdu_dir, cfg.image_dir, cfg.lockspace_dir):
             d.mkdir(parents=True)
         cfg.pdu_dir.chmod(0o700)
-        image = ensure_image(DEFAULT_CACHE)
-        for src, name in ((image.kernel, "vmlinuz"), (image.initrd, "initrd.img")):
-            shutil.copy2(src, cfg.image_dir / name)
+        if cfg.real_guests:
+            self._prepare_debian_image(cfg)
+        else:
+            image = ensure_image(DEFAULT_CACHE)
+            for src, name in ((image.kernel, "vmlinuz"), (image.initrd, "initrd.img")):
+                shutil.copy2(src, cfg.image_dir / name)
         names = [f"{cfg.host_address(h)} {h}" for h in cfg.host_names()]
         names += [f"{cfg.guest_address(g)} {g}" for g in cfg.guest_names()]
         (cfg.labdir / "hosts.txt").write_text(
@@ -260,24 +299,68 @@ class Lab:
         for host in cfg.host_names():
             self._prepare_host(cfg, host, authkey, corosync_conf, cib)
         self._prepare_fence_listeners(cfg)
+        if cfg.real_guests:
+            self._prepare_debian_guests(cfg)
+        domain_xml = (
+            libvirtconf.debian_domain_xml if cfg.real_guests else libvirtconf.guest_domain_xml
+        )
         for guest in cfg.guest_names():
-            xml = libvirtconf.guest_domain_xml(
+            xml = domain_xml(
                 cfg, guest, str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
             )
             (cfg.guests_dir / f"{guest}.xml").write_text(xml)
         cfg.save()
 
+    def _prepare_debian_image(self, cfg: LabConfig) -> None:
+        """The Debian image's base disk, kernel and initramfs in the shared image directory
+        (hard links into the cache when they share a file system: the base is never
+        written, a rebuild replaces the cache's file and leaves this lab's inode alone)."""
+        from kvmha.tools.lab import debimage
+
+        img = debimage.ensure_image(cfg.image_variant, say=self.say)
+        for src, name in (
+            (img.disk, "base.img"),
+            (img.kernel, "vmlinuz"),
+            (img.initrd, "initrd.img"),
+        ):
+            dst = cfg.image_dir / name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+    def _prepare_debian_guests(self, cfg: LabConfig) -> None:
+        """Each guest's own overlay disk and seed disk (identity, configuration)."""
+        from kvmha.tools.lab import debimage, realcluster
+
+        seeds = realcluster.seed_files(cfg)
+        for guest in cfg.guest_names():
+            debimage.make_overlay(cfg.image_dir / "base.img", cfg.guest_disk(guest))
+            files, units = seeds[guest]
+            debimage.make_seed(cfg.guest_seed(guest), files, units)
+
     @staticmethod
     def _prepare_fence_listeners(cfg: LabConfig) -> None:
-        """kvmha-fence-listener on every host: its configuration and the hosts' key."""
-        from kvmha.fence.agent import DEFAULT_PORT, Key
-        from kvmha.fence.listener import Config, write_host_setup
+        """kvmha-fence-listener on every host, set up by docs/install.md's own commands
+        (its ``kvmha-lab=host-init`` step), run on each host before its services start;
+        the host's init then starts the listener, as systemd would."""
+        from kvmha.tools.lab import guide
 
-        host_key = Key("@kvmhalab-hosts", secrets.token_bytes(32))
-        peers = {h: (cfg.host_address(h), DEFAULT_PORT) for h in cfg.host_names()}
         for host in cfg.host_names():
-            lcfg = Config(host=host, peers=peers, syslog=False)
-            write_host_setup(str(cfg.host_dir(host) / "etc/kvmha/fence"), lcfg, host_key)
+            for argv in guide.commands("host-init", {}):
+                r = run(
+                    guide.offline_host_argv(cfg.host_dir(host), host, argv),
+                    check=False,
+                    env=clean_env(),
+                    timeout=60,
+                )
+                if r.returncode != 0:
+                    raise KvmhaError(
+                        f"{host}: the install guide's {' '.join(argv)!r} failed: "
+                        + (r.stderr.strip().splitlines() or ["no output"])[-1],
+                        "see docs/install.md",
+                    )
 
     @staticmethod
     def _prepare_host(
@@ -305,6 +388,17 @@ class Lab:
         shutil.copytree("/etc/libvirt", hd / "etc/libvirt", symlinks=True, dirs_exist_ok=True)
         (hd / "etc/libvirt/libvirtd.conf").write_text(libvirtconf.libvirtd_conf(cfg, host))
         (hd / "etc/libvirt/qemu.conf").write_text(libvirtconf.qemu_conf(cfg, host))
+        if cfg.remote_nodes:
+            # Pacemaker Remote's key, in the host's private /etc/kvmha (hostinit points
+            # pacemakerd at it with PCMK_authkey_location)
+            key = hd / "etc/kvmha/pacemaker-authkey"
+            from kvmha.tools.lab.realcluster import remote_key
+
+            key.write_bytes(remote_key(cfg))
+            key.chmod(0o640)
+            shutil.chown(key, "root", "haclient")
+        (hd / "etc/libvirt/qemu-lockd.conf").write_text(libvirtconf.qemu_lockd_conf(cfg))
+        (hd / "etc/libvirt/virtlockd.conf").write_text(libvirtconf.virtlockd_conf())
         clusterconf.write_cluster_disk(hd, corosync_conf, authkey, cib)
 
     # ---- power and network faults -----------------------------------------

@@ -1,5 +1,6 @@
 """The HA invariant, checked from outside the cluster: every guest runs on one host at
-most, asked every second of every powered host's libvirt directly (not of Pacemaker)."""
+most, asked every second of every powered host's libvirt directly (not of Pacemaker),
+through kvmha.virt (a connection bounded by a deadline, libvirt's state names)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from kvmha import virt
 from kvmha.tools.lab.lab import Lab
 
 LIBVIRT_TIMEOUT = 5.0
@@ -20,13 +22,10 @@ def running_domains(uri: str, timeout: float = LIBVIRT_TIMEOUT) -> set[str] | No
 
     def ask() -> None:
         try:
-            import libvirt
-
-            libvirt.registerErrorHandler(lambda _c, _e: None, None)
-            conn = libvirt.open(uri)
+            conn = virt.connect(uri, timeout)
             try:
-                doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                box.append({d.name() for d in doms if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING})
+                doms = conn.listAllDomains(virt.load_libvirt().VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                box.append({d.name() for d in doms if d.state()[0] == virt.RUNNING})
             finally:
                 conn.close()
         except Exception:
