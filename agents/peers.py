@@ -14,7 +14,7 @@ from __future__ import annotations
 import _thread
 import time
 
-from kvmha.virt import err_text, load_libvirt
+from kvmha.virt import connect, err_text, load_libvirt
 
 from . import migration
 
@@ -80,7 +80,9 @@ def running_on_peers(p: Params, env: Env, name: str, budget: float, log: Logger)
 
     def ask(uri: str) -> None:
         try:
-            conn = libvirt.openReadOnly(uri)
+            # bounded by the guard's budget like the wait below: a black-holing peer
+            # costs at most that (kvmha.virt.connect opens in a thread of its own)
+            conn = connect(uri, max(end - time.monotonic(), 0.1), readonly=True)
             try:
                 try:
                     dom = conn.lookupByName(name)
@@ -96,9 +98,9 @@ def running_on_peers(p: Params, env: Env, name: str, budget: float, log: Logger)
         with lock:
             results[uri] = verdict
 
+    end = t0 + budget
     for uri in uris:
         _thread.start_new_thread(ask, (uri,))
-    end = t0 + budget
     while time.monotonic() < end:
         with lock:
             if len(results) == len(uris):

@@ -2,8 +2,8 @@
 utilization (``cpu``, ``hv_memory`` in MiB) with ``placement-strategy=balanced``, so that
 Pacemaker places guests by their utilization and ``kvmha plan`` sees what fits.
 
-libvirt is read here only until the one libvirt core module (kvmha/virt.py) lands;
-the call is bounded like every libvirt call in kvmha.
+libvirt is read through the one libvirt core module (kvmha/virt.py), bounded like every
+libvirt call in kvmha.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ def libvirt_node_info(uri: str = "qemu:///system", seconds: float = 10.0) -> tup
 
     def work() -> None:
         try:
-            import libvirt
+            from kvmha import virt
 
-            libvirt.registerErrorHandler(lambda _c, _e: None, None)
-            conn = libvirt.open(uri)
+            conn = virt.connect(uri, seconds, readonly=True)
             try:
                 box.append(conn.getInfo())
             finally:
                 conn.close()
-        except Exception as exc:  # libvirt.libvirtError and ImportError alike
+        except Exception as exc:  # libvirtError, ConnectTimeout, LibvirtUnavailable alike
             box.append(exc)
 
     t = threading.Thread(target=work, daemon=True)

@@ -134,6 +134,31 @@ def test_no_module_outside_the_lab_imports_it() -> None:
     assert {m: d for m, d in bad.items() if d} == {}
 
 
+def _imports_libvirt(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), str(path))
+    skip = _type_checking_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import) and any(a.name == "libvirt" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "libvirt":
+            return True
+    return False
+
+
+def test_only_the_libvirt_core_module_imports_libvirt() -> None:
+    """One home for libvirt (kvmha.virt: connections bounded by a deadline, states, error
+    text): no production module imports libvirt itself. The lab's helpers are not
+    production code (they drive guests in tests)."""
+    bad = sorted(
+        m
+        for m, p in MODULES.items()
+        if m != "kvmha.virt" and not _under(m, LAB) and _imports_libvirt(p)
+    )
+    assert bad == []
+
+
 def test_no_import_circles() -> None:
     cycles = []
     state: dict[str, int] = {}  # 1 on the stack, 2 done
