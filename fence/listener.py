@@ -1110,6 +1110,10 @@ class Listener:
                 answer["already"] = True
         if role_err and answer.get("status") != "ok":
             answer["message"] = f"{answer.get('message')}; {role_err}"
+        elif role_err:
+            # off is confirmed, but the host cluster may start the guest again: say so, and
+            # so put it into the audit record
+            answer["message"] = f"off, but {role_err}: the host cluster may start it again"
         return answer
 
     def _managed_stopped(self, managed: ManagedGuest, deadline: float) -> Optional[Status]:
