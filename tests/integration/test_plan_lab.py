@@ -69,7 +69,14 @@ def settle(lab: Lab, seconds: int = 240) -> None:
     )
 
 
+AUTOSET = ("autoset_utilization_cpu", "autoset_utilization_hv_memory")
+
+
 def set_util(lab: Lab, guest: str, cpu: int, mem: int) -> None:
+    """Sizes that differ from the domain's own: the agent must not put its real size back
+    at the next start (autoset_utilization_*, on by default as in VirtualDomain)."""
+    for param in AUTOSET:
+        sh(lab, "crm_resource", "-r", guest, "--set-parameter", param, "--parameter-value", "false")
     for k, v in (("cpu", cpu), ("hv_memory", mem)):
         sh(lab, "crm_resource", "-r", guest, "--utilization", "-p", k, "-v", str(v))
 
@@ -97,6 +104,8 @@ def clean(lab: Lab) -> None:
     for g in GUESTS:
         for name in ("priority", "kvmha-admission-override"):
             lab.run_in(on(lab), ["crm_resource", "-r", g, "--meta", "-d", name], check=False)
+        for param in AUTOSET:
+            lab.run_in(on(lab), ["crm_resource", "-r", g, "--delete-parameter", param], check=False)
     faults.restore(lab)
 
 
