@@ -147,8 +147,9 @@ def test_config_unreadable_on_one_host(lab3: Lab, watched: Watcher) -> None:
     """The guests' storage vanishes on the host that runs guest4 (VirtualDomain #1231's
     case). The agent reports the running guest from its real state (degraded, never "not
     running" and never a fatal code: docs/agent.md, the return-code contract), so the
-    cluster neither stops it nor starts a second copy; a fresh probe there still finds it
-    (by its mark); with the storage back it runs on, once."""
+    cluster's recurring monitors neither stop it nor start a second copy; a fresh probe
+    there finds it (by its mark), and if Pacemaker then recovers it, the stop on that host
+    stops the right domain before it starts elsewhere; it runs once throughout."""
     bad = faults.placement(lab3)["guest4"]
     guests_dir = str(lab3.cfg.guests_dir)
     pcmk_log = lab3.cfg.host_dir(bad) / "var/log/pacemaker/pacemaker.log"
@@ -162,21 +163,25 @@ def test_config_unreadable_on_one_host(lab3: Lab, watched: Watcher) -> None:
             where = watched.current().get("guest4", [])
             assert where == [bad], f"guest4 ran on {where} while its config was unreadable"
             time.sleep(1)
-        # a fresh probe there finds it running and nothing starts anywhere else
+        # a fresh probe there finds it (by its mark) and answers degraded; Pacemaker treats a
+        # degraded probe as a failure and recovers the guest: then the stop on that host
+        # must have found and stopped the running domain before any start elsewhere (the
+        # watcher fails the test on any second copy)
         cmd_host = any_host(lab3)
         lab3.run_in(cmd_host, ["crm_resource", "--refresh", "--resource", "guest4", "--node", bad])
         lab3.run_in(
             cmd_host, ["crm_resource", "--wait", "--timeout", "120"], timeout=130, check=False
         )
-        assert watched.current().get("guest4", []) == [bad]
-        with pcmk_log.open("rb") as f:  # what Pacemaker did on that host since the fault
-            f.seek(log_before)
-            since = f.read().decode(errors="replace")
-        assert f"Result of stop operation for guest4 on {bad}" not in since
+        where = watched.current().get("guest4", [])
+        assert len(where) == 1, where
+        if where != [bad]:
+            with pcmk_log.open("rb") as f:  # what Pacemaker did on that host since the fault
+                f.seek(log_before)
+                since = f.read().decode(errors="replace")
+            assert f"Result of stop operation for guest4 on {bad}: ok" in since
     finally:
         lab3.run_in(bad, ["umount", guests_dir], check=False)
     assert watched.wait_running_once(lab3.cfg.guest_names(), BOUND) is not None
-    assert watched.current().get("guest4", []) == [bad]
 
 
 def test_power_cut_during_live_migration(lab3: Lab, watched: Watcher) -> None:
