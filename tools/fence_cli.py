@@ -412,6 +412,14 @@ def _guest_help(cfg: Config, guest_text: str, out: Optional[Path]) -> None:
     )
 
 
+def _write_guest_copy(cfg: Config, host_key: agent.Key, meta: KeyMeta, out: Optional[Path]) -> str:
+    """The guests' copy of meta's current generation; written to out (0600) when given."""
+    text = _guest_copy(cfg, host_key, meta, meta.generation)
+    if out is not None:
+        write_private(out, text)
+    return text
+
+
 def _wait_served(
     cfg: Config, host_key: agent.Key, wire: str, present: bool, seconds: float
 ) -> dict[str, Any]:
@@ -520,9 +528,7 @@ def key_create(
         state = "created"
     wire = wire_name(name, meta.generation)
     rows = _wait_served(cfg, host_key, wire, True, 5.0)
-    guest_text = _guest_copy(cfg, host_key, meta, meta.generation)
-    if out is not None:
-        write_private(out, guest_text)
+    guest_text = _write_guest_copy(cfg, host_key, meta, out)
     data = {
         "action": "create",
         "key": name,
@@ -604,9 +610,7 @@ def key_show(name: str, out: Optional[Path], as_json: bool, config_path: Path) -
     _check_fingerprint(host_key.secret, publish=False)
     keys, _fp = _cib_keys()
     meta = _meta_or_fail(keys, name)
-    text = _guest_copy(cfg, host_key, meta, meta.generation)
-    if out is not None:
-        write_private(out, text)
+    text = _write_guest_copy(cfg, host_key, meta, out)
     data = {"key": name, "meta": meta.as_dict(), "guest_key_text": None if out else text}
     schema = "fence-key-show"
 
@@ -717,9 +721,7 @@ def key_rotate(
     )
     wire = wire_name(name, meta.generation)
     rows = _wait_served(cfg, host_key, wire, True, 5.0)
-    text = _guest_copy(cfg, host_key, meta, meta.generation)
-    if out is not None:
-        write_private(out, text)
+    text = _write_guest_copy(cfg, host_key, meta, out)
     data = {
         "action": "rotate",
         "key": name,
