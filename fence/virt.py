@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from kvmha import virt as kvirt
 from kvmha.fence.rule import looks_like_uuid
@@ -42,27 +42,6 @@ class Backend(Protocol):
 # a migration) suspend() waits up to libvirt's 30 s job timeout. destroy() does not wait:
 # libvirt kills QEMU first and takes the job afterwards, so it must not queue behind it.
 SUSPEND_WAIT_S = 0.5
-
-
-def _bounded(call: Callable[[], Any], seconds: float) -> bool:
-    """Run call in a thread (libvirt-python releases the GIL); True if it returned in time.
-    An error it raises is raised here; a call still blocked is left to finish on its own."""
-    done = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # re-raised in the caller
-            failure.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="kvmha-suspend", daemon=True).start()
-    finished = done.wait(seconds)
-    if failure:
-        raise failure[0]
-    return finished
 
 
 class LibvirtBackend:
@@ -163,8 +142,11 @@ class LibvirtBackend:
         lv = self.libvirt
         frozen = None
         try:
-            if dom.state()[0] == kvirt.RUNNING and _bounded(dom.suspend, SUSPEND_WAIT_S):
+            if dom.state()[0] == kvirt.RUNNING:
+                kvirt.call_with_deadline(dom.suspend, SUSPEND_WAIT_S)
                 frozen = time.monotonic() - t0
+        except TimeoutError:
+            pass  # the pause waits for another job's lock: destroy does not
         except lv.libvirtError:
             pass  # paused already, or migrating: destroy anyway
         deadline = t0 + max(timeout, 1.0)

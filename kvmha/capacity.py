@@ -8,7 +8,6 @@ libvirt call in kvmha.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from kvmha import pcmk, placement
@@ -19,28 +18,21 @@ DEFAULT_RESERVE_MIB = 1024  # for the host itself: kernel, libvirtd, the cluster
 
 def libvirt_node_info(uri: str = "qemu:///system", seconds: float = 10.0) -> tuple[int, int]:
     """(CPUs, memory MiB) of the host behind uri; KvmhaError when it does not answer."""
-    box: list[Any] = []
+    from kvmha import virt
 
-    def work() -> None:
+    def work() -> Any:
+        conn = virt.connect(uri, seconds, readonly=True)
         try:
-            from kvmha import virt
+            return conn.getInfo()
+        finally:
+            conn.close()
 
-            conn = virt.connect(uri, seconds, readonly=True)
-            try:
-                box.append(conn.getInfo())
-            finally:
-                conn.close()
-        except Exception as exc:  # libvirtError, ConnectTimeout, LibvirtUnavailable alike
-            box.append(exc)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(seconds)
-    if not box:
-        raise KvmhaError(f"libvirt at {uri} did not answer within {seconds:.0f} s")
-    if isinstance(box[0], Exception):
-        raise KvmhaError(f"cannot read node info from libvirt at {uri}: {box[0]}")
-    info = box[0]
+    try:
+        info = virt.call_with_deadline(work, seconds)
+    except TimeoutError:
+        raise KvmhaError(f"libvirt at {uri} did not answer within {seconds:.0f} s") from None
+    except Exception as exc:  # libvirtError, ConnectTimeout, LibvirtUnavailable alike
+        raise KvmhaError(f"cannot read node info from libvirt at {uri}: {exc}") from exc
     return int(info[2]), int(info[1])
 
 

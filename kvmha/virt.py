@@ -25,7 +25,9 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Callable, Dict, Tuple
+    from typing import Any, Callable, Dict, Tuple, TypeVar
+
+    T = TypeVar("T")
 
     Verdict = Tuple[int, str]
 
@@ -260,6 +262,31 @@ def load_libvirt() -> ModuleType:
         raise LibvirtUnavailable(f"python3-libvirt is not installed ({e})") from None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     return libvirt  # type: ignore[no-any-return]
+
+
+def call_with_deadline(fn: Callable[[], T], seconds: float) -> T:
+    """fn() in a thread of its own (libvirt-python releases the GIL); TimeoutError when it
+    has not returned within seconds. The thread is left behind: a libvirt call cannot be
+    cancelled. An exception fn raises is raised here."""
+    box: list[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def work() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller
+            box.append((False, exc))
+        finally:
+            done.release()
+
+    _thread.start_new_thread(work, ())
+    if not done.acquire(timeout=max(seconds, 0.0)):
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def connect(uri: str, timeout: float, *, readonly: bool = False) -> Any:

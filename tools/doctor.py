@@ -25,13 +25,12 @@ import dataclasses
 import os
 import socket
 import stat
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol
 
-from kvmha import pcmk
+from kvmha import pcmk, virt
 from kvmha.errors import KvmhaError, UsageError
 from kvmha.process import trace
 from kvmha.tools.systemd import (
@@ -286,28 +285,6 @@ def probe_libvirt(uri: str, timeout: float = 60.0) -> str:
     return f"libvirt {ver} at {uri} answers, {n} domain(s) running"
 
 
-def call_with_deadline(fn: Callable[[], str], seconds: float) -> str:
-    """fn() in a daemon thread; TimeoutError after seconds (the thread is left behind:
-    a libvirt call cannot be cancelled, and the process ends soon after)."""
-    out: list[str] = []
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            err.append(exc)
-
-    t = threading.Thread(target=target, name="doctor-deadline", daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    if err:
-        raise err[0]
-    return out[0]
-
-
 LIBVIRT_FIX = (
     "start libvirt: systemctl enable --now libvirtd (or virtqemud.socket on modular "
     "libvirt); systemctl status libvirtd says why it is down"
@@ -317,7 +294,7 @@ LIBVIRT_FIX = (
 def check_libvirt(ctx: Context) -> list[Finding]:
     uri = ctx.options.libvirt_uri
     try:
-        what = call_with_deadline(lambda: ctx.libvirt_probe(uri), ctx.options.timeout)
+        what = virt.call_with_deadline(lambda: ctx.libvirt_probe(uri), ctx.options.timeout)
     except TimeoutError:
         return [
             Finding(
