@@ -1,5 +1,5 @@
 """Hosts' capacity for guests: CPUs and memory from libvirt's node info, written as node
-utilization (``cpu``, ``hv_memory`` in MiB) with ``placement-strategy=balanced``, so that
+utilization (``cpu``, ``hv_memory`` and ``host_memory`` in MiB) with ``placement-strategy=balanced``, so that
 Pacemaker places guests by their utilization and ``kvmha plan`` sees what fits.
 
 libvirt is read through the one libvirt core module (kvmha/virt.py), bounded like every
@@ -54,7 +54,7 @@ def set_capacity(host: str, cpu: int, memory_mib: int) -> list[str]:
     placement.apply_live(changes)
     caps = placement.node_utilization(pcmk.query_cib())
     missing = sorted(
-        h for h, u in caps.items() if placement.UTIL_CPU not in u or placement.UTIL_MEMORY not in u
+        h for h, u in caps.items() if any(k not in u for k in placement.HOST_UTILIZATION)
     )
     if not missing:
         placement.apply_live([placement.SetProperty("placement-strategy", "balanced")])

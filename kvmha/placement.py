@@ -44,6 +44,12 @@ TIER_ORDERINGS = False
 SOFT_SCORE = 500
 UTIL_CPU = "cpu"
 UTIL_MEMORY = "hv_memory"
+# ocf:kvmha:Guest sets host_memory as well as hv_memory by default (as VirtualDomain
+# does). Pacemaker counts a utilization a node does not define as a capacity of 0, so a
+# host without host_memory could run no guest at all once placement is balanced: every
+# host capacity kvmha writes holds all three.
+UTIL_HOST_MEMORY = "host_memory"
+HOST_UTILIZATION = (UTIL_CPU, UTIL_MEMORY, UTIL_HOST_MEMORY)
 
 
 # ---- changes: one description, applied live or to a copy ------------------------------
@@ -458,6 +464,7 @@ def guest_utilization_changes(guest: str, cpu: int, memory_mib: int) -> list[Cha
     return [
         SetUtilization(False, guest, UTIL_CPU, str(cpu)),
         SetUtilization(False, guest, UTIL_MEMORY, str(memory_mib)),
+        SetUtilization(False, guest, UTIL_HOST_MEMORY, str(memory_mib)),
     ]
 
 
@@ -465,5 +472,6 @@ def host_capacity_changes(host: str, cpu: int, memory_mib: int) -> list[Change]:
     return [
         SetUtilization(True, host, UTIL_CPU, str(cpu)),
         SetUtilization(True, host, UTIL_MEMORY, str(memory_mib)),
+        SetUtilization(True, host, UTIL_HOST_MEMORY, str(memory_mib)),
         SetProperty("placement-strategy", "balanced"),
     ]

@@ -336,6 +336,12 @@ def why_down(
         if not fits:
             detail = "; ".join(f"{h} {_fmt_util(free[h])}" for h in candidates)
             text = f"no capacity: needs {_fmt_util(need)}; free: {detail}"
+            undefined = sorted(k for k in need if all(k not in caps.get(h, {}) for h in candidates))
+            if undefined:
+                text += (
+                    f" (no host defines {', '.join(undefined)}: Pacemaker counts it as 0; "
+                    "`kvmha host capacity HOST` writes every kind the agent sets)"
+                )
             if apart_from:
                 text += f" (kept apart from {', '.join(apart_from)})"
             mine = _prio_score(prim)

@@ -51,7 +51,7 @@ def host_capacity(
         cpu = cpu or n_cpu
         memory = memory or max(64, mem - reserve)
     missing = capacity.set_capacity(name, cpu, memory)
-    click.echo(f"{name}: capacity cpu {cpu}, hv_memory {memory} MiB")
+    click.echo(f"{name}: capacity cpu {cpu}, hv_memory and host_memory {memory} MiB")
     if missing:
         click.echo(
             f"placement-strategy stays as it is until every host has a capacity "

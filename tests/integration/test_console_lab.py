@@ -222,11 +222,28 @@ class Page:
         return {g: (h, s) for g, h, s in rows}
 
     def text(self, css: str) -> str:
-        found = self.frame().find_elements("css selector", css)
-        return "\n".join(e.text for e in found)
+        """The visible text of every element matching css, read in one script: the page
+        re-renders every few seconds, and an element found first and read later is stale."""
+        return str(
+            self.frame().execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0]))"
+                ".map(e => e.innerText).join('\\n')",
+                css,
+            )
+        )
 
     def click(self, css: str) -> None:
-        self.frame().find_element("css selector", css).click()
+        """Click the element matching css; found again if a re-render replaced it."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def once() -> bool:
+            try:
+                self.frame().find_element("css selector", css).click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        wait_for(f"a click on {css}", once, 10, 0.1)
 
     def screenshot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)

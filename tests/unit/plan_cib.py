@@ -83,7 +83,7 @@ def build(
             n,
             "utilization",
             f"nodes-{i}-utilization",
-            {placement.UTIL_CPU: str(cpu), placement.UTIL_MEMORY: str(mem)},
+            {k: str(cpu if k == placement.UTIL_CPU else mem) for k in placement.HOST_UTILIZATION},
         )
     if stonith:
         f = ET.SubElement(res, "primitive", id="power", type="fence_dummy")

@@ -324,3 +324,36 @@ def test_after_overrides_the_tiers_without_a_cycle() -> None:
     assert g["db"].order < g["web"].order and "db" in g["web"].waits_for
     placement.apply_copy(cib, placement.no_after_changes(cib, "web", "db"))
     assert not list(cib.iter("rsc_order"))  # no tier orderings are written
+
+
+def test_host_capacity_covers_every_utilization_the_agent_sets_by_default() -> None:
+    """A guest utilization no host defines counts as capacity 0: the guest fits nowhere.
+    What the Guest agent sets by default, kvmha host capacity and guest add must write."""
+    from kvmha.agents import guest, guest_params
+
+    defaults = {p.name: p.default for p in guest_params.PARAMS}
+    agent_sets = {k for k in guest.UTILIZATION if defaults[f"autoset_utilization_{k}"]}
+    host = {
+        c.name
+        for c in placement.host_capacity_changes("h", 4, 4096)
+        if isinstance(c, placement.SetUtilization)
+    }
+    added = {
+        c.name
+        for c in placement.guest_utilization_changes("g", 1, 512)
+        if isinstance(c, placement.SetUtilization)
+    }
+    assert agent_sets <= host and agent_sets <= added
+
+
+def test_a_utilization_no_host_defines_is_named_in_the_plan() -> None:
+    cib = ET.fromstring(lab_like())
+    for util in cib.iterfind("configuration/nodes/node/utilization"):
+        for nv in list(util):  # hosts written before kvmha knew host_memory
+            if nv.get("name") == "host_memory":
+                util.remove(nv)
+    placement.apply_copy(cib, [placement.SetUtilization(False, "g2", "host_memory", "1024")])
+    (s,) = plan.make_plan(ET.tostring(cib, encoding="unicode"), ["host2"]).scenarios
+    g2 = by_name(s)["g2"]
+    assert g2.action == "stays-down"
+    assert "no host defines host_memory: Pacemaker counts it as 0" in g2.reason
