@@ -1,6 +1,7 @@
 """Hosts' capacity for guests: CPUs and memory from libvirt's node info, written as node
-utilization (``cpu``, ``hv_memory`` and ``host_memory`` in MiB) with ``placement-strategy=balanced``, so that
-Pacemaker places guests by their utilization and ``kvmha plan`` sees what fits.
+utilization (``cpu``, ``hv_memory`` and ``host_memory`` in MiB) with
+``placement-strategy=balanced``, so that Pacemaker places guests by their utilization and
+``kvmha plan`` sees what fits.
 
 libvirt is read through the one libvirt core module (kvmha/virt.py), bounded like every
 libvirt call in kvmha.

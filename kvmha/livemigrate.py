@@ -8,7 +8,6 @@ and the progress that libvirt reports for the migration job on the source host.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -35,19 +34,13 @@ def _libvirt_uri(source: str, params: dict[str, str]) -> str:
 
 def _open_domain(uri: str, name: str, seconds: float = 5.0) -> Any:
     """libvirt domain handle on the source, or None; never blocks longer than seconds."""
-    box: list[Any] = []
     trace(f"libvirt: open {uri}, lookupByName({name}), jobStats() while it migrates")
-
-    def work() -> None:
-        try:
-            box.append(virt.connect(uri, seconds).lookupByName(name))
-        except Exception:  # progress is best effort: the cluster result decides
-            box.append(None)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(seconds)
-    return box[0] if box else None
+    try:
+        return virt.call_with_deadline(
+            lambda: virt.connect(uri, seconds).lookupByName(name), seconds
+        )
+    except Exception:  # TimeoutError too: progress is best effort, the cluster decides
+        return None
 
 
 def migrate(name: str, host: str, progress: Progress, wait_s: float = 300.0) -> float:

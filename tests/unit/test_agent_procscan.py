@@ -68,7 +68,7 @@ def test_find_is_bounded(tmp_path: Path) -> None:
         find_qemu_pids("vm1", proc=str(tmp_path / "nonexistent"))
 
 
-def test_real_proc_is_fast() -> None:
-    t0 = time.monotonic()
-    assert find_qemu_pids("kvmha-no-such-guest") == []
-    assert time.monotonic() - t0 < 2.0
+def test_real_proc_finds_no_process_for_an_unknown_guest() -> None:
+    # its speed is bench/agent.py's business; here only that a real /proc scan within a
+    # deadline completes and finds nothing for a name no QEMU runs
+    assert find_qemu_pids("kvmha-no-such-guest", deadline=time.monotonic() + 60) == []
