@@ -134,18 +134,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.outcome = "failed"
             report.longrepr = ci_skip_message(report.nodeid, reason)
     if report.failed:
-        funcargs = getattr(item, "funcargs", {})
-        for value in funcargs.values():
-            if isinstance(value, Lab) and value.is_configured():
-                for host in value.cfg.host_names():
-                    try:
-                        # notices and worse: Pacemaker's info lines would drown them
-                        lines = value.logs(host, 400).splitlines()
-                        keep = [x for x in lines if " info: " not in x and "debug" not in x]
-                        text = "\n".join(keep[-80:])
-                    except Exception as exc:  # a report must never hide the failure
-                        text = f"(could not read logs: {exc})"
-                    report.sections.append((f"lab logs: {host}", text))
+        for lab in _labs_of(getattr(item, "funcargs", {})):
+            for host in lab.cfg.host_names():
+                try:
+                    text = _log_tails(lab.logs(host, 400))
+                except Exception as exc:  # a report must never hide the failure
+                    text = f"(could not read logs: {exc})"
+                report.sections.append((f"lab logs: {lab.cfg.labdir.name} {host}", text))
+
+
+def _labs_of(funcargs: dict[str, Any]) -> list[Lab]:
+    """The configured labs a test used: fixtures give a Lab or a tuple holding one."""
+    found: list[Lab] = []
+    for value in funcargs.values():
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, Lab) and v.is_configured() and v not in found:
+                found.append(v)
+    return found
+
+
+def _log_tails(text: str, per_file: int = 15) -> str:
+    """The last lines of each log file in Lab.logs' output, notices and worse (Pacemaker's
+    info lines would drown them), so a quiet file is not pushed out by a busy one."""
+    out: list[str] = []
+    for chunk in text.split("==> ")[1:]:
+        head, _, body = chunk.partition("\n")
+        keep = [x for x in body.splitlines() if " info: " not in x and "debug" not in x]
+        out += [f"==> {head}", *keep[-per_file:]]
+    return "\n".join(out)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -257,13 +257,6 @@ def test_stonith_admin_reboot_inside_a_guest_fences_through_kvmha(real: Setup) -
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    strict=True,
-    reason="fence/virt.py off() suspends before it destroys; with a hung guest the domain's "
-    "job is held (the host cluster's graceful stop through the guest agent), suspend waits "
-    "30 s for the job lock and the 20 s fence deadline passes before any destroy is tried "
-    "(listener audit: 'still running after 20 s (None)'). For the fence helper.",
-)
 def test_hung_member_is_fenced_through_kvmha_and_its_service_moves(real: Setup) -> None:
     lab, gc = real
     victim = gc.service_node()
@@ -383,12 +376,6 @@ def test_disk_lease_refuses_a_second_start_on_another_host(real: Setup) -> None:
     assert any(lab.cfg.lockspace_dir.iterdir())  # the leases live on the shared storage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libvirt 9.0 sees the lab's image directory as local storage and refuses "
-    "('Unsafe migration: Migration without shared storage is unsafe'); ocf:kvmha:Guest "
-    "passes no VIR_MIGRATE_UNSAFE and has no parameter for it. For the agent helper.",
-)
 def test_live_migration_of_the_member_serving_http(real: Setup) -> None:
     """The member that serves nginx live-migrates (kvmha guest migrate, i.e. a Pacemaker
     move); a client in another guest GETs the service address all along."""

@@ -139,6 +139,13 @@ def guest_resource(cfg: LabConfig, guest: str) -> ET.Element:
             # nginx runs in every guest only then: in a guest cluster it runs on one member
             # (its resource), in a guest node as a host-cluster resource
             params["health_http"] = f"http://{cfg.guest_address(guest)}/health"
+    if cfg.real_guests:
+        # The hosts of a lab share one local file system: libvirt 9.0 sees the images as
+        # local storage and refuses a live migration ("Migration without shared storage
+        # is unsafe"; it knows NFS, GFS2, OCFS2, Ceph... and 9.0 has no qemu.conf
+        # shared_filesystems). Here the storage is shared, so the lab says so, as an admin
+        # would with VirtualDomain; a real cluster on NFS or GFS2 needs no such option.
+        params["migrate_options"] = "--unsafe"
     _nvset(prim, "instance_attributes", f"{guest}-attrs", params)
     meta = {"allow-migrate": "true"}
     if cfg.remote_nodes:
