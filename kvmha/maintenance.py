@@ -115,7 +115,7 @@ def evacuate(
     pcmk.crm_attribute("--type", "nodes", "--node", host, "--name", "standby", "--update", "on")
     say(f"{host} in standby; Pacemaker moves its guests, at most {parallel} at once")
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": "kvmha.host-evacuate.v1",
         "host": host,
         "parallel": parallel,
         "planned": [dataclasses.asdict(m) for m in moves],
@@ -184,7 +184,12 @@ def return_host(
     remembered = pcmk.node_attribute(cib, host, EVACUATED_ATTR) or ""
     pcmk.crm_attribute("--type", "nodes", "--node", host, "--name", "standby", "--delete")
     say(f"{host} out of standby")
-    out: dict[str, Any] = {"schema": 1, "host": host, "moved_back": [], "not_moved_back": []}
+    out: dict[str, Any] = {
+        "schema": "kvmha.host-return.v1",
+        "host": host,
+        "moved_back": [],
+        "not_moved_back": [],
+    }
     if move_back:
         from kvmha.livemigrate import migrate
 

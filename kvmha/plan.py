@@ -28,7 +28,7 @@ from kvmha import datacentre, pcmk, placement
 from kvmha.errors import CommandFailed, KvmhaError, UsageError
 from kvmha.process import clean_env, run
 
-SCHEMA = 1
+SCHEMA = "kvmha.plan.v1"  # docs/schemas/plan.v1.json
 MAX_ROUNDS = 6
 SIM_TIMEOUT = 300.0
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from support.schema import validate
 
 from kvmha.tools.lab import faults, libvirtconf
 from kvmha.tools.lab.lab import Lab
@@ -222,7 +223,7 @@ def test_plan_matches_a_power_cut_and_after_orders_the_restarts(lab: Lab) -> Non
         "guest4": "host2",
     }
     p = json.loads(ok(lab, "plan", "--fail", "host2", "--json").stdout)
-    assert p["schema"] == 1
+    validate(p)
     (s,) = p["scenarios"]
     plan = {g["name"]: g for g in s["guests"]}
     assert plan["guest2"]["to"] == "host3"  # apart from guest1
@@ -313,7 +314,8 @@ def test_evacuate_with_parallel_2_then_return_with_move_back(lab: Lab) -> None:
     logs = log_sizes(lab)
     r = ok(lab, "host", "evacuate", "host1", "--parallel", "2", "--wait", "400", "--json")
     res = json.loads(r.stdout)
-    assert res["schema"] == 1 and res["not_moved"] == [] and res["stuck"] == []
+    validate(res)
+    assert res["not_moved"] == [] and res["stuck"] == []
     assert sorted(m["guest"] for m in res["moved"]) == list(GUESTS)
     assert all(m["live"] for m in res["planned"]), res["planned"]
     got = where(lab)
@@ -346,6 +348,7 @@ def test_evacuate_with_parallel_2_then_return_with_move_back(lab: Lab) -> None:
     marks = uptime_marks(lab)
     r = ok(lab, "host", "return", "host1", "--move-back", "--json")
     back = json.loads(r.stdout)
+    validate(back)
     assert sorted(m["guest"] for m in back["moved_back"]) == list(GUESTS), back
     assert all(h == "host1" for h in where(lab).values())
     for g in GUESTS:

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.schema import validate
 
 from kvmha import placement, plan
 from kvmha.errors import UsageError
@@ -81,7 +82,9 @@ def test_host_failure_places_what_fits_and_says_why_the_rest_stays_down() -> Non
     assert "g3\t(ocf:kvmha:Guest):\t Stopped" in revised
     assert s.summary.startswith("if host2 fails: g2 restarts on host3 (1st); g3 stays down")
     js = p.as_json()
-    assert js["schema"] == 1 and js["scenarios"][0]["fail"] == ["host2"]
+    assert js["schema"] == "kvmha.plan.v1" and js["scenarios"][0]["fail"] == ["host2"]
+    validate(js)
+    validate(plan.make_plan(cib, tolerate=1).as_json())
     assert {"name", "from", "to", "order", "reason"} <= set(js["scenarios"][0]["guests"][0])
 
 
