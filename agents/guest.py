@@ -12,6 +12,7 @@ import sys
 import time
 
 from kvmha import virt
+from kvmha.endpoint import split_host_port
 from kvmha.virt import (
     CRASHED,
     PAUSED,
@@ -542,7 +543,7 @@ class Guest:
             expect = self.p.i("health_command_status")
             checks.append(("health_command", lambda t: health.agent_exec(dom, argv, expect, t)))
         for ep in self.p.s("health_tcp").split():
-            hp = gp.split_host_port(ep)
+            hp = split_host_port(ep)
             if hp:
                 host, port = hp
                 checks.append((f"TCP {ep}", lambda t, h=host, n=port: health.tcp(h, n, t)))

@@ -7,6 +7,8 @@ checks that touch files or libvirt are in ``kvmha.agents.guest`` (validate-all, 
 
 from __future__ import annotations
 
+from kvmha.endpoint import split_host_port
+
 from .ocf import Env, parse_bool
 
 TYPE_CHECKING = False
@@ -546,7 +548,9 @@ def _check_syntax(p: Params) -> List[str]:
         errors.append("parameter migrate_options: --parallel-connections needs --parallel")
     for ep in p.s("health_tcp").split():
         if split_host_port(ep) is None:
-            errors.append(f"parameter health_tcp: {ep!r} is not host:port")
+            errors.append(
+                f"parameter health_tcp: {ep!r} is not host:port (an IPv6 address: [addr]:port)"
+            )
     url = p.s("health_http")
     if url and not (
         url.startswith(("http://", "https://")) and len(url.split("/")) >= 3 and url.split("/")[2]
@@ -562,18 +566,6 @@ def _is_user_name(user: str) -> bool:
     if not user[0].islower() or not user[0].isalpha():
         return False
     return all(c.isdigit() or c == "-" or c == "_" or (c.isalpha() and c.islower()) for c in user)
-
-
-def split_host_port(endpoint: str) -> Tuple[str, int] | None:
-    """'host:port' or '[v6]:port' -> (host, port); None if malformed."""
-    if endpoint.startswith("["):
-        host, sep, rest = endpoint[1:].partition("]:")
-    else:
-        host, sep, rest = endpoint.rpartition(":")
-    if not sep or not host or not rest.isdigit():
-        return None
-    port = int(rest)
-    return (host, port) if 0 < port < 65536 else None
 
 
 def shutdown_flags(mode: str) -> int:

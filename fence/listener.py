@@ -46,6 +46,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from kvmha.endpoint import split_host_port
 from kvmha.errors import KvmhaError
 from kvmha.fence import agent as proto
 from kvmha.fence import rule
@@ -158,7 +159,12 @@ class Config:
                 try:
                     if not HOST_NAME_RE.match(name):
                         raise ValueError("not a node name")
-                    cfg.peers[name] = parse_address(addr, cfg.port)
+                    hp = split_host_port(addr, cfg.port)
+                    if hp is None:
+                        raise ValueError(
+                            "not ADDRESS or ADDRESS:PORT (IPv6 with a port: [addr]:port)"
+                        )
+                    cfg.peers[name] = hp
                 except ValueError as exc:
                     raise ConfigError(
                         f"{path}:{_line_of(text, 'peers', name)}: peer {name} = {addr!r}: {exc}",
@@ -249,17 +255,6 @@ def _line_of(text: str, section: str, key: Optional[str]) -> int:
         ):
             return n
     return 0
-
-
-def parse_address(addr: str, default_port: int) -> tuple[str, int]:
-    addr = addr.strip()
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if addr.count(":") == 1:
-        host, port = addr.split(":")
-        return host, int(port)
-    return addr, default_port
 
 
 def config_text(cfg: Config) -> str:

@@ -97,6 +97,11 @@ def kill_libvirtd(lab: Lab, host: str) -> None:
     lab.run_in(host, ["kill", "-9", faults.daemon_pid(lab, host, "libvirtd")])
 
 
+def running_on(lab: Lab, rsc: str) -> str | None:
+    st = lab.cluster_state()
+    return st.running_on(rsc) if st else None
+
+
 def any_host(lab: Lab) -> str:
     """A powered host to run cluster commands on (a fault may have fenced another)."""
     return next(h for h in lab.cfg.host_names() if lab.powered(h))
@@ -191,3 +196,80 @@ def test_power_cut_during_live_migration(lab3: Lab, watched: Watcher) -> None:
     )
     assert took is not None, f"{hit} did not run again within {BOUND} s"
     assert len(watched.current().get(inj.guest or "", [])) == 1
+
+
+def test_identity_when_resource_id_and_domain_name_differ_and_the_config_vanishes(
+    lab3: Lab, watched: Watcher
+) -> None:
+    """Resource vm9 runs domain guest9 (the usual naming: the id is not the domain's name).
+    It live-migrates to a host; there the guests' storage then vanishes, and a domain that
+    has nothing to do with it, named vm9 like the resource, runs beside it. A fresh probe
+    there must find guest9 by its mark, not vm9 by its name; if Pacemaker then recovers
+    the resource, the stop stops guest9 and leaves vm9 alone; guest9 never runs twice."""
+    import libvirt
+
+    from kvmha.tools.lab import libvirtconf
+
+    cfg = lab3.cfg
+    xml = cfg.guests_dir / "guest9.xml"
+    kernel, initrd = str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
+    xml.write_text(libvirtconf.guest_domain_xml(cfg, "guest9", kernel, initrd))
+    host1 = any_host(lab3)
+    pcs = ["pcs", "resource", "create", "vm9", "ocf:kvmha:Guest", f"config={xml}"]
+    pcs += ["hypervisor=qemu:///system", "migration_transport=tcp"]
+    pcs += ["meta", "allow-migrate=true", "op", "monitor", "interval=10s", "timeout=30s"]
+    lab3.run_in(host1, pcs)
+    bad = None
+    decoy = None
+    try:
+        src = wait_for("vm9 started", lambda: running_on(lab3, "vm9"), 120, 1.0)
+        dst = next(h for h in cfg.host_names() if h != src and lab3.powered(h))
+        lab3.run_in(host1, ["crm_resource", "--move", "-r", "vm9", "--node", dst])
+        wait_for(
+            "vm9 migrated",
+            lambda: running_on(lab3, "vm9") == dst and watched.current().get("guest9") == [dst],
+            120,
+            1.0,
+        )
+        lab3.run_in(host1, ["crm_resource", "--clear", "-r", "vm9"])
+        bad = dst
+        # the unrelated domain named like the resource id, on the same host
+        other = libvirtconf.guest_domain_xml(cfg, "guest6", kernel, initrd)
+        other = other.replace("<name>guest6</name>", "<name>vm9</name>")
+        conn = libvirt.open(cfg.libvirt_uri(bad))
+        try:
+            decoy = conn.createXML(other, 0).ID()
+        finally:
+            conn.close()
+        guests_dir = str(cfg.guests_dir)
+        lab3.run_in(bad, ["mkdir", "-p", "/tmp/empty-guests"])
+        lab3.run_in(bad, ["mount", "--bind", "/tmp/empty-guests", guests_dir])
+        try:
+            lab3.run_in(host1, ["crm_resource", "--refresh", "-r", "vm9", "--node", bad])
+            lab3.run_in(
+                host1, ["crm_resource", "--wait", "--timeout", "150"], timeout=170, check=False
+            )
+            time.sleep(15)  # recurring monitors wherever it now runs
+            assert len(watched.current().get("guest9", [])) == 1, watched.current()
+        finally:
+            lab3.run_in(bad, ["umount", guests_dir], check=False)
+        # the decoy was never touched: the same domain still runs
+        conn = libvirt.open(cfg.libvirt_uri(bad))
+        try:
+            assert conn.lookupByName("vm9").ID() == decoy
+        finally:
+            conn.close()
+        assert watched.violations == [], watched.violations
+    finally:
+        lab3.run_in(host1, ["crm_resource", "--clear", "-r", "vm9"], check=False)
+        lab3.run_in(host1, ["pcs", "resource", "delete", "vm9", "--force"], check=False)
+        if bad is not None and decoy is not None:
+            conn = libvirt.open(cfg.libvirt_uri(bad))
+            try:
+                conn.lookupByName("vm9").destroy()
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+        wait_for("guest9 gone", lambda: "guest9" not in watched.current(), 120, 1.0)
+        xml.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import re
 import signal
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -112,6 +113,118 @@ def test_ocf_tester_on_a_real_domain(lab3: Lab) -> None:
     ], out
     assert "Testing: start" in out or "Testing: monitor" in out or r.returncode == 1, out
     assert running_everywhere(lab3, "guest8") == []
+
+
+OCFT_VIRTUALDOMAIN = "/usr/share/resource-agents/ocft/configs/VirtualDomain"
+
+
+def test_resource_agents_ocft_cases_for_virtualdomain_pass_against_guest(lab3: Lab) -> None:
+    """resource-agents' own ocft cases for VirtualDomain, unchanged but for the agent they
+    point at (and the two parameters a lab host needs): every case passes. ocft names the
+    resource "ocft" while the domain is guest7: resource id and domain name differ."""
+    cfg = lab3.cfg
+    xml = libvirtconf.guest_domain_xml(
+        cfg, "guest7", str(cfg.image_dir / "vmlinuz"), str(cfg.image_dir / "initrd.img")
+    )
+    domain = cfg.guests_dir / "guest7.xml"
+    domain.write_text(xml)
+    theirs = Path(OCFT_VIRTUALDOMAIN).read_text()
+    cases = [line for line in theirs.splitlines() if line.startswith("CASE ")]
+    assert len(cases) >= 8, cases
+    ours = (
+        theirs.replace("Agent VirtualDomain", "Agent Guest")
+        .replace("/usr/lib/ocf/resource.d/heartbeat", "/usr/lib/ocf/resource.d/kvmha")
+        .replace("HangTimeout 20", "HangTimeout 90")  # TCG boots, a busy 2-core machine
+        .replace("OCFT_config=/etc/libvirt/qemu/sle11-sp3.xml", f"OCFT_config={domain}")
+        .replace(
+            "CASE-BLOCK required_args\n\tEnv OCF_RESKEY_config=$OCFT_config",
+            "CASE-BLOCK required_args\n\tEnv OCF_RESKEY_config=$OCFT_config"
+            "\n\tEnv OCF_RESKEY_hypervisor=qemu:///system\n\tEnv OCF_RESKEY_peer_uris=none",
+        )
+    )
+    assert ours.count("OCF_RESKEY_peer_uris=none") == 1, "their required_args block changed"
+    confdir = cfg.guests_dir / "ocft"
+    confdir.mkdir(exist_ok=True)
+    (confdir / "Guest").write_text(ours)
+    try:
+        made = lab3.run_in("host1", ["ocft", "make", "-d", str(confdir), "Guest"], check=False)
+        assert made.returncode == 0, made.stdout + made.stderr
+        r = lab3.run_in("host1", ["ocft", "test", "Guest"], timeout=1200, check=False)
+        out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+        assert "FAILED" not in out and "ERROR" not in out, out
+        for case in cases:
+            name = case.split('"')[1]
+            assert name in out, (name, out)
+        assert running_everywhere(lab3, "guest7") == []
+    finally:
+        lab3.run_in("host1", ["ocft", "clean", "Guest"], check=False)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn = libvirt.open(cfg.libvirt_uri("host1"))
+            try:
+                dom = conn.lookupByName("guest7")
+                if dom.isActive():
+                    dom.destroy()
+            finally:
+                conn.close()
+
+
+def domain_id(lab: Lab, host: str, guest: str) -> int:
+    conn = libvirt.open(lab.cfg.libvirt_uri(host))
+    try:
+        return int(conn.lookupByName(guest).ID())
+    finally:
+        conn.close()
+
+
+def monitor_result(lab: Lab, host: str, guest: str, interval_ms: int) -> tuple[str, str]:
+    """(rc-code, exit-reason) of guest's recurring monitor on host, from the CIB status."""
+    r = lab.run_in(host, ["cibadmin", "-Q", "-o", "status"])
+    for node in ET.fromstring(r.stdout).iter("node_state"):
+        if node.get("uname") != host:
+            continue
+        for op in node.iter("lrm_rsc_op"):
+            if op.get("operation_key") == f"{guest}_monitor_{interval_ms}":
+                return op.get("rc-code", ""), op.get("exit-reason", "")
+    return "", ""
+
+
+def test_half_written_config_keeps_the_guest_running_and_reports_degraded(lab3: Lab) -> None:
+    """An admin's editor has saved half of the guest's XML: the recurring monitors report
+    the running guest as degraded (190) with the reason, never 6 (fatal everywhere) or
+    7; Pacemaker leaves it where it runs, and the next monitor after the fix is 0."""
+    settled(lab3)
+    guest = "guest1"
+    host = where(lab3, guest)
+    assert host is not None
+    before = domain_id(lab3, host, guest)
+    config = lab3.cfg.guests_dir / f"{guest}.xml"
+    text = config.read_text()
+    config.write_text(text[: len(text) // 2])
+    try:
+        wait_for(
+            "the recurring monitor's degraded result in the CIB",
+            lambda: monitor_result(lab3, host, guest, 10000)[0] == "190",
+            60,
+            1.0,
+        )
+        rc, reason = monitor_result(lab3, host, guest, 10000)
+        assert "config" in reason, reason
+        shown = lab3.run_in(host, ["crm_mon", "-1", "--include=failures"]).stdout
+        time.sleep(25)  # more recurring monitors, both depths: nothing moves or restarts
+        assert running_everywhere(lab3, guest) == [host]
+        assert domain_id(lab3, host, guest) == before
+        print(f"monitor with a half-written config: rc {rc}, reason {reason!r}\n{shown}")
+    finally:
+        config.write_text(text)
+    wait_for(
+        "the next monitor after the fix is 0",
+        lambda: monitor_result(lab3, host, guest, 10000)[0] == "0",
+        60,
+        1.0,
+    )
+    assert running_everywhere(lab3, guest) == [host]
+    assert domain_id(lab3, host, guest) == before
+    settled(lab3)
 
 
 def test_stop_and_start_under_pacemaker(lab3: Lab) -> None:
