@@ -23,6 +23,7 @@ import configparser
 import contextlib
 import dataclasses
 import os
+import re
 import socket
 import stat
 import time
@@ -89,6 +90,8 @@ class Options:
     listener_conf: str = "/etc/kvmha/fence/listener.conf"
     corosync_authkey: str = "/etc/corosync/authkey"
     pacemaker_authkey: str = "/etc/pacemaker/authkey"
+    qemu_conf: str = "/etc/libvirt/qemu.conf"
+    qemu_lockd_conf: str = "/etc/libvirt/qemu-lockd.conf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -780,6 +783,136 @@ def check_network(ctx: Context) -> list[Finding]:
     return findings
 
 
+# ---- disk leases ------------------------------------------------------------------------
+
+LOCK_FIX = (
+    'set lock_manager = "lockd" in /etc/libvirt/qemu.conf (leases in file_lockspace_dir on '
+    "the shared storage, /etc/libvirt/qemu-lockd.conf), systemctl enable --now "
+    "virtlockd.socket, then restart libvirtd (docs/install.md, section 4)"
+)
+LOCK_DAEMONS = {
+    "lockd": Service(
+        "virtlockd",
+        ("virtlockd.socket", "virtlockd.service"),
+        (ProcMatch(comm="virtlockd"),),
+        "libvirt cannot take disk leases, so it refuses to start guests here",
+        "systemctl start virtlockd.socket",
+        "systemctl enable virtlockd.socket",
+    ),
+    "sanlock": Service(
+        "sanlock",
+        ("sanlock.service",),
+        (ProcMatch(comm="sanlock"),),
+        "libvirt cannot take disk leases, so it refuses to start guests here",
+        "systemctl start sanlock",
+        "systemctl enable sanlock",
+    ),
+}
+_CONF_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"([^"]*)"|(\S+))')
+
+
+def read_libvirt_conf(path: str) -> dict[str, str]:
+    """key = "value" and key = number lines of a libvirt configuration file (comments and
+    lists ignored: the lock settings are plain values). OSError when it cannot be read."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = None if line.lstrip().startswith("#") else _CONF_LINE.match(line)
+            if m:
+                out[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
+    return out
+
+
+def check_locks(ctx: Context) -> list[Finding]:
+    """libvirt's disk leases: the one protection against a second start of a guest on
+    another host that is atomic (the agent's double-start guard checks, then creates)."""
+    path = ctx.options.qemu_conf
+    try:
+        conf = read_libvirt_conf(path)
+    except FileNotFoundError:
+        return [
+            Finding(
+                WARNING,
+                "lock-manager-unknown",
+                f"{path} does not exist: is libvirt installed?",
+                LOCK_FIX,
+            )
+        ]
+    except OSError as exc:
+        return [Finding(ERROR, "lock-manager-unreadable", f"cannot read {path}: {exc}", LOCK_FIX)]
+    manager = conf.get("lock_manager", "")
+    if not manager:
+        return [
+            Finding(
+                WARNING,
+                "lock-manager-off",
+                f"libvirt takes no disk leases (no lock_manager in {path}): a second start "
+                "of a guest on another host is not refused by libvirt; only fencing and the "
+                "agent's double-start guard (not atomic) stand against a double run",
+                LOCK_FIX,
+            )
+        ]
+    daemon = LOCK_DAEMONS.get(manager)
+    if daemon is None:
+        return [
+            Finding(
+                ERROR,
+                "lock-manager-unknown",
+                f"lock_manager = {manager!r} in {path} is not a lock manager libvirt ships "
+                "(lockd or sanlock): libvirtd refuses to start guests",
+                LOCK_FIX,
+            )
+        ]
+    findings: list[Finding] = []
+    if manager == "lockd":
+        try:
+            lockd = read_libvirt_conf(ctx.options.qemu_lockd_conf)
+        except FileNotFoundError:
+            lockd = {}
+        except OSError as exc:
+            lockd = {}
+            findings.append(
+                Finding(
+                    ERROR,
+                    "lockd-conf-unreadable",
+                    f"cannot read {ctx.options.qemu_lockd_conf}: {exc}",
+                    LOCK_FIX,
+                )
+            )
+        space = lockd.get("file_lockspace_dir", "")
+        if lockd.get("auto_disk_leases", "1") == "0":
+            findings.append(
+                Finding(
+                    WARNING,
+                    "lockd-no-auto-leases",
+                    f"auto_disk_leases = 0 in {ctx.options.qemu_lockd_conf}: disks get no "
+                    "lease unless the domain XML declares one",
+                    f"remove auto_disk_leases from {ctx.options.qemu_lockd_conf}",
+                )
+            )
+        elif space and not os.path.isdir(space):
+            findings.append(
+                Finding(
+                    ERROR,
+                    "lockspace-missing",
+                    f"file_lockspace_dir {space} is not a directory: libvirtd cannot take "
+                    "leases, so it refuses to start guests",
+                    f"mount the shared storage, or mkdir -p {space} on it",
+                )
+            )
+        else:
+            where = (
+                f"in the lockspace {space}"
+                if space
+                else "as fcntl locks on the disk files (the shared file system must honour "
+                "them across hosts)"
+            )
+            findings.append(Finding(OK, "lock-manager", f"lock_manager = lockd: leases {where}"))
+    else:
+        findings.append(Finding(OK, "lock-manager", f"lock_manager = {manager}"))
+    return findings + _service(ctx.services(), daemon)
+
+
 # ---- the table, and running it -----------------------------------------------------------------
 
 
@@ -796,6 +929,7 @@ CHECKS = (
     Check("cluster", "stonith and quorum", check_cluster),
     Check("timesync", "time sync service", check_time_sync),
     Check("keys", "key file modes", check_keys),
+    Check("locks", "libvirt's disk leases", check_locks),
     Check("network", "bonds under bridges (kvmha net check)", check_network),
 )
 CHECK_NAMES = tuple(c.name for c in CHECKS)

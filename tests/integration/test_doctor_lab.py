@@ -54,6 +54,8 @@ def test_doctor_on_a_healthy_host(lab3: Lab) -> None:
     assert rc == (1 if warnings else 0)
     ok = {f["code"] for f in doc["findings"] if f["severity"] == "ok"}
     assert {"libvirt", "corosync", "pacemaker", "stonith", "quorum", "key-modes"} <= ok
+    assert {"lock-manager", "virtlockd"} <= ok  # the lab's hosts take disk leases
+    assert "lockspace" in by_code(doc)["lock-manager"]["message"]
     assert any(c.startswith("net-") for c in ok)
     f = by_code(doc)
     assert "answers" in f["libvirt"]["message"]

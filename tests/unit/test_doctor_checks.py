@@ -40,6 +40,7 @@ HEALTHY_PROCS = procs(
     ("pacemakerd", "/usr/sbin/pacemakerd"),
     ("kvmha-fence-lis", "/usr/bin/python3 -I /usr/sbin/kvmha-fence-listener --config x"),
     ("chronyd", "/usr/sbin/chronyd -F 2"),
+    ("virtlockd", "/usr/sbin/virtlockd"),
 )
 
 NET_OK = {"netns": None, "links": 3, "bridges": [{"name": "br0", "verdict": "ok", "findings": []}]}
@@ -62,7 +63,14 @@ def make_etc(root: Path) -> d.Options:
     ck = root / "corosync" / "authkey"
     ck.write_bytes(b"\0" * 32)
     os.chmod(ck, 0o400)
+    (root / "libvirt" / "lockspace").mkdir(parents=True)
+    (root / "libvirt" / "qemu.conf").write_text('lock_manager = "lockd"\n')
+    (root / "libvirt" / "qemu-lockd.conf").write_text(
+        f'file_lockspace_dir = "{root / "libvirt" / "lockspace"}"\n'
+    )
     return d.Options(
+        qemu_conf=str(root / "libvirt" / "qemu.conf"),
+        qemu_lockd_conf=str(root / "libvirt" / "qemu-lockd.conf"),
         etc_kvmha=str(etc),
         listener_conf=str(conf),
         corosync_authkey=str(ck),
@@ -100,6 +108,8 @@ def test_healthy_host_has_no_warning_or_error(tmp_path: Path) -> None:
         "timesync",
         "key-modes",
         "net-ok",
+        "lock-manager",
+        "virtlockd",
     }
     assert d.exit_code(findings) == 0
     assert {f.check for f in findings} == set(d.CHECK_NAMES)
@@ -495,3 +505,54 @@ def test_network_real_checker_answers() -> None:
     f = d.check_network(d.Context(d.Options()))
     assert f and all(x.code.startswith("net-") for x in f)
     assert "net-unavailable" not in {x.code for x in f}
+
+
+# ---- disk leases ----------------------------------------------------------------------------
+
+
+def lock_opts(tmp_path: Path, qemu: str | None, lockd: str | None = None) -> d.Options:
+    q, lk = tmp_path / "qemu.conf", tmp_path / "qemu-lockd.conf"
+    q.unlink(missing_ok=True)
+    lk.unlink(missing_ok=True)
+    if qemu is not None:
+        q.write_text(qemu)
+    if lockd is not None:
+        lk.write_text(lockd)
+    return d.Options(qemu_conf=str(q), qemu_lockd_conf=str(lk), timeout=2.0)
+
+
+def lock_codes(opts: d.Options, procs: list[str]) -> list[tuple[str, str]]:
+    ps = [Proc(100 + i, c, (f"/usr/sbin/{c}",), "S") for i, c in enumerate(procs)]
+    ctx = context(opts, services=d.ProcessSource(ps))
+    return [(f.severity, f.code) for f in d.check_locks(ctx)]
+
+
+def test_locks_off_is_a_warning_that_names_the_fix(tmp_path: Path) -> None:
+    opts = lock_opts(tmp_path, '#lock_manager = "lockd"\nuser = "qemu"\n')
+    ctx = context(opts, services=d.ProcessSource([]))
+    (f,) = d.check_locks(ctx)
+    assert (f.severity, f.code) == (d.WARNING, "lock-manager-off")
+    assert 'lock_manager = "lockd"' in f.fix and "not atomic" in f.message
+
+
+def test_lockd_with_a_lockspace_and_virtlockd_running(tmp_path: Path) -> None:
+    space = tmp_path / "lockspace"
+    space.mkdir()
+    opts = lock_opts(
+        tmp_path, 'lock_manager = "lockd"  # leases\n', f'file_lockspace_dir = "{space}"\n'
+    )
+    assert lock_codes(opts, ["virtlockd"]) == [(d.OK, "lock-manager"), (d.OK, "virtlockd")]
+    assert lock_codes(opts, []) == [(d.OK, "lock-manager"), (d.ERROR, "virtlockd-stopped")]
+
+
+def test_lockd_problems(tmp_path: Path) -> None:
+    gone = tmp_path / "not-mounted"
+    opts = lock_opts(tmp_path, 'lock_manager = "lockd"\n', f'file_lockspace_dir = "{gone}"\n')
+    assert lock_codes(opts, ["virtlockd"])[0] == (d.ERROR, "lockspace-missing")
+    opts = lock_opts(tmp_path, 'lock_manager = "lockd"\n', "auto_disk_leases = 0\n")
+    assert lock_codes(opts, ["virtlockd"])[0] == (d.WARNING, "lockd-no-auto-leases")
+    opts = lock_opts(tmp_path, 'lock_manager = "nolock"\n')
+    assert lock_codes(opts, ["virtlockd"]) == [(d.ERROR, "lock-manager-unknown")]
+    opts = lock_opts(tmp_path, 'lock_manager = "sanlock"\n')
+    assert lock_codes(opts, ["sanlock"]) == [(d.OK, "lock-manager"), (d.OK, "sanlock")]
+    assert lock_codes(lock_opts(tmp_path, None), []) == [(d.WARNING, "lock-manager-unknown")]
