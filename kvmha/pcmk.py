@@ -68,6 +68,8 @@ class NodeState:
     standby: bool
     unclean: bool
     is_dc: bool
+    kind: str = "member"  # crm_mon's type: member, or remote (a Pacemaker Remote node)
+    container: str | None = None  # a guest node: the resource that runs it (remote-node)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +229,8 @@ def parse_crm_mon(xml_text: str) -> ClusterState:
             _true(n.get("standby")),
             _true(n.get("unclean")),
             _true(n.get("is_dc")),
+            n.get("type") or "member",
+            n.get("id_as_resource") or None,
         )
     resources = {}
     for r in root.iter("resource"):
@@ -333,8 +337,26 @@ def guest_primitives(cib: ET.Element, agents: set[tuple[str, str]]) -> list[Gues
     return out
 
 
+def guest_node_names(cib: ET.Element) -> set[str]:
+    """Pacemaker Remote nodes that run inside a cluster resource (meta remote-node)."""
+    return {
+        nv.get("value", "")
+        for nv in cib.iterfind("configuration/resources//primitive/meta_attributes/nvpair")
+        if nv.get("name") == "remote-node" and nv.get("value")
+    }
+
+
 def node_names(cib: ET.Element) -> list[str]:
-    return sorted(n.get("uname", "") for n in cib.iterfind("configuration/nodes/node"))
+    """The hosts: the nodes section without guest nodes. A guest node (Pacemaker Remote
+    inside a guest) gets an entry there once an attribute is set on it; it is no host (no
+    capacity, no guests of its own). A remote node that is not a guest stays a host: it
+    may be a hypervisor that runs guests."""
+    guests = guest_node_names(cib)
+    return sorted(
+        n.get("uname", "")
+        for n in cib.iterfind("configuration/nodes/node")
+        if n.get("uname", "") not in guests
+    )
 
 
 def node_attribute(cib: ET.Element, node: str, name: str) -> str | None:
@@ -532,7 +554,8 @@ class CachedCluster:
             return cached
 
     def hosts(self) -> dict[str, str]:
-        """Every node the cluster knows -> its corosync address ('' when unknown)."""
+        """Every host the cluster knows -> its corosync address ('' when unknown); guest
+        nodes (crm_mon's id_as_resource: Pacemaker Remote inside a guest) are not hosts."""
         st = self.state()
         with self._lock:
             at, cached = self._hosts
@@ -552,8 +575,11 @@ class CachedCluster:
                     self._hosts = (time.monotonic(), cached)
         out = dict(cached)
         if st is not None:
-            for n in st.nodes:
-                out.setdefault(n, "")
+            for n, node in st.nodes.items():
+                if node.container is not None:
+                    out.pop(n, None)  # a guest node runs inside a guest: never a host
+                else:
+                    out.setdefault(n, "")
         return out
 
     def invalidate(self) -> None:

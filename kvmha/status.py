@@ -110,6 +110,23 @@ def report() -> dict[str, Any]:
                 "agent": agent_of(prim),
             }
         )
+    guest_nodes = []
+    for name, node in sorted(st.nodes.items()):
+        if node.kind != "remote":
+            continue
+        guest_nodes.append(
+            {
+                "name": name,
+                "guest": node.container,  # None: a remote node that is not a guest
+                "state": ("online" if node.online else "unclean" if node.unclean else "offline"),
+                "host": st.running_on(node.container) if node.container else None,
+                "resources": sorted(
+                    rid
+                    for rid, r in st.resources.items()
+                    if r.active and name in r.nodes and rid not in guests_cfg
+                ),
+            }
+        )
     devices = []
     for rid, prim in pcmk.primitives(cib).items():
         if prim.get("class") == "stonith":
@@ -147,6 +164,7 @@ def report() -> dict[str, Any]:
         },
         "hosts": hosts,
         "guests": guests,
+        "guest_nodes": guest_nodes,
         "fencing": {"devices": devices, "events": events},
         "warnings": extras["warnings"] + warnings(st, devices, guests, hosts),
     }

@@ -60,6 +60,18 @@ def status(as_json: bool) -> None:
         )
     )
     click.echo()
+    if rep["guest_nodes"]:  # Pacemaker Remote inside guests: what the cluster runs there
+        click.echo(
+            table(
+                ["guest node", "state", "guest", "host", "resources"],
+                [
+                    [n["name"], n["state"], n["guest"], n["host"], ",".join(n["resources"])]
+                    for n in rep["guest_nodes"]
+                ],
+                coloured=[1],
+            )
+        )
+        click.echo()
     f = rep["fencing"]
     click.echo(
         table(

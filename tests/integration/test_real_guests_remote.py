@@ -7,6 +7,7 @@ it is a host-cluster resource (``web-guest1``, systemd:nginx) that may run only 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -69,6 +70,11 @@ def test_guest_node_runs_a_host_cluster_resource(remote_lab: Lab) -> None:
     # crm_mon sees the guest node as a remote node
     r = lab.run_in("host1", ["crm_mon", "-1", "--output-as=xml"])
     assert f'name="{NODE}"' in r.stdout and 'type="remote"' in r.stdout
+    # kvmha status shows it as a guest node with its resource, not as a host
+    doc = json.loads(lab.run_in("host1", ["kvmha", "status", "--json"]).stdout)
+    (node,) = [n for n in doc["guest_nodes"] if n["name"] == NODE]
+    assert node["guest"] == GUEST and node["state"] == "online" and node["resources"], node
+    assert NODE not in [h["name"] for h in doc["hosts"]]
 
 
 def test_killed_service_is_recovered_inside_the_guest(remote_lab: Lab) -> None:

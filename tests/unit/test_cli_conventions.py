@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,44 @@ def test_installed_manpage_module_renders_every_page() -> None:
             check=False,
         )
         assert r.returncode == 0 and r.stdout.startswith(".TH"), (page, r.stderr)
+
+
+def test_status_shows_guest_nodes_and_what_runs_in_them(monkeypatch: Any) -> None:
+    """guest1 is a Pacemaker Remote guest node (gnode1) running web: status lists gnode1
+    under guest_nodes with web, never as a host, and web is no guest."""
+    from kvmha import pcmk
+
+    from .test_pcmk import GUEST_NODE
+
+    mon = cluster_fixture.CRM_MON.read_text().replace("</nodes>", GUEST_NODE + "</nodes>", 1)
+    mon = mon.replace(
+        "</resources>",
+        '<resource id="web" resource_agent="systemd:nginx" role="Started" active="true" '
+        'orphaned="false" blocked="false" managed="true" failed="false" '
+        'failure_ignored="false" nodes_running_on="1"><node name="gnode1" id="gnode1" '
+        'cached="true"/></resource></resources>',
+        1,
+    )
+    cib = cluster_fixture.CIB.replace(
+        '<nvpair id="g1-am" name="allow-migrate" value="true"/>',
+        '<nvpair id="g1-am" name="allow-migrate" value="true"/>'
+        '<nvpair id="g1-rn" name="remote-node" value="gnode1"/>',
+    ).replace("</nodes>", '<node id="gnode1" uname="gnode1" type="remote"/></nodes>')
+    state = pcmk.parse_crm_mon(mon)
+    monkeypatch.setattr(pcmk, "cluster_state", lambda: state)
+    monkeypatch.setattr(pcmk, "query_cib", lambda: ET.fromstring(cib))
+    doc = _doc(kvmha("status", "--json"))
+    assert doc["guest_nodes"] == [
+        {"name": "compute9", "guest": None, "state": "offline", "host": None, "resources": []},
+        {
+            "name": "gnode1",
+            "guest": "guest1",
+            "state": "online",
+            "host": "host2",
+            "resources": ["web"],
+        },
+    ]
+    assert "gnode1" not in [h["name"] for h in doc["hosts"]]
+    assert "web" not in [g["name"] for g in doc["guests"]]
+    text = kvmha("status").stdout
+    assert "GUEST NODE" in text and "gnode1" in text

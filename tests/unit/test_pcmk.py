@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,46 @@ def test_parse_time_matches_the_calendar() -> None:
         hh, mm, ss = rnd.randint(0, 23), rnd.randint(0, 59), rnd.randint(0, 59)
         text = f"{tm[0]:04d}-{tm[1]:02d}-{tm[2]:02d} {hh:02d}:{mm:02d}:{ss:02d}Z"
         assert pcmk.parse_time(text) == calendar.timegm((*tm, hh, mm, ss, 0, 0, 0)), text
+
+
+GUEST_NODE = (
+    '<node name="gnode1" id="gnode1" online="true" standby="false" maintenance="false" '
+    'pending="false" unclean="false" health="green" shutdown="false" expected_up="false" '
+    'is_dc="false" resources_running="1" type="remote" id_as_resource="guest1"/>'
+    '<node name="compute9" id="compute9" online="false" standby="false" maintenance="false" '
+    'pending="false" unclean="false" health="green" shutdown="false" expected_up="false" '
+    'is_dc="false" resources_running="0" type="remote"/>'
+)
+
+
+def test_guest_nodes_are_no_hosts_but_other_remote_nodes_are() -> None:
+    """A guest node (Pacemaker Remote in guest1) runs no domains: the fence rule must not
+    wait for its listener. A remote node that is not a guest may be a hypervisor: a host."""
+    mon = (
+        (DATA / "crm_mon_after_fence.xml")
+        .read_text()
+        .replace("</nodes>", GUEST_NODE + "</nodes>", 1)
+    )
+    st = parse_crm_mon(mon)
+    assert (st.nodes["gnode1"].kind, st.nodes["gnode1"].container) == ("remote", "guest1")
+    assert (st.nodes["compute9"].kind, st.nodes["compute9"].container) == ("remote", None)
+    assert (st.nodes["host1"].kind, st.nodes["host1"].container) == ("member", None)
+    c = pcmk.CachedCluster(cib_ttl=1000, status_ttl=1000)
+    with pcmk_calls(
+        Call(pcmk.CRM_MON_ARGV, mon),
+        Call(["corosync-cmapctl", "-b", "nodelist.node"], CMAP),
+        Call(["crm_node", "-l"], CRM_NODE_L + "gnode1 gnode1 member\n"),
+    ):
+        hosts = c.hosts()
+    assert "gnode1" not in hosts and "compute9" in hosts and "host3" in hosts
+    cib = ET.fromstring(
+        "<cib><configuration><nodes>"
+        '<node id="1" uname="host1"/><node id="gnode1" uname="gnode1" type="remote"/>'
+        '<node id="compute9" uname="compute9" type="remote"/>'
+        "</nodes><resources>"
+        '<primitive id="guest1" class="ocf" provider="kvmha" type="Guest">'
+        '<meta_attributes id="m"><nvpair id="m1" name="remote-node" value="gnode1"/>'
+        "</meta_attributes></primitive></resources></configuration></cib>"
+    )
+    assert pcmk.guest_node_names(cib) == {"gnode1"}
+    assert pcmk.node_names(cib) == ["compute9", "host1"]
