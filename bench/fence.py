@@ -11,8 +11,17 @@ go over the lab network to a daemon on the domain's host. Measured:
   fence_xvm does not, so its figure is its time to off.
 * off: request -> the client returns having confirmed off (libvirt reports shut off).
 * status_concurrent: 50 concurrent ``status`` requests to one listener, p50 and p99.
+* flood: frozen and confirmed off again, while host3 floods the daemon's port with
+  unauthenticated connections (fence_kvmha: hellos under unknown key names; fence_virtd:
+  random bytes), 32 connections in flight all the time; each side floods its own daemon.
+* power_loss: host1 (which runs the domain) loses power; a client on host3 asks host2's
+  listener to power the domain off, retrying every second as a fencer would, until it
+  answers success. By the rule (docs/fence.md) success waits for the host cluster's fence
+  of host1: the figure is from the power cut to success, and how much of it came after
+  that fence completed. fence_xvm has no such path (its daemon died with host1): it is
+  asked once, with a 30 s limit, and its result recorded.
 
-    bench/fence.py [--rounds 10] [--json FILE] [--labdir DIR] [--keep]
+    bench/fence.py [--rounds 10] [--power-rounds 3] [--json FILE] [--labdir DIR] [--keep]
 
 Needs the Debian packages fence-virt and fence-virtd. Never kills QEMU behind libvirt's
 back: both sides destroy through libvirt.
@@ -86,6 +95,11 @@ class Bench:
             f'family = "ipv4"; port = "{XVM_PORT}"; }} }}\n'
             'backends { libvirt { uri = "qemu:///system"; } }\n'
         )
+        self.conf = conf
+        self.start_virtd()
+
+    def start_virtd(self) -> None:
+        conf = self.conf
         pid = power.init_pid(self.cfg, "host1")
         # fence_virtd in host1's mount and network namespaces (it needs host1's libvirt)
         self.virtd = subprocess.Popen(
@@ -116,6 +130,23 @@ class Bench:
         else:
             raise SystemExit("fence_virtd does not answer")
 
+    def teardown_virtd(self) -> None:
+        """fence_virtd down while host1 loses power (it would die with it anyway)."""
+        if self.virtd is not None:
+            self.virtd.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.virtd.wait(5)
+            if self.virtd.poll() is None:
+                self.virtd.kill()
+                self.virtd.wait(5)
+            self.virtd = None
+
+    def reconnect(self) -> None:
+        """A new connection to host1's libvirt (after host1 was power-cycled)."""
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+        self.conn = libvirt.open(self.cfg.libvirt_uri("host1"))
+
     def teardown(self) -> None:
         if self.virtd is not None:
             self.virtd.terminate()
@@ -144,17 +175,19 @@ class Bench:
                 time.sleep(0.2)
 
     # ---- clients ------------------------------------------------------------------
-    def client_argv(self, which: str, action: str) -> list[str]:
+    def client_argv(
+        self, which: str, action: str, client: str = "host2", address: str = "10.77.0.11"
+    ) -> list[str]:
         if which == "kvmha":
             return [
-                *nsenter_net(self.lab, "host2"),
+                *nsenter_net(self.lab, client),
                 "/usr/sbin/fence_kvmha",
                 "-o",
                 action,
                 "-n",
                 DOMAIN,
                 "-a",
-                "10.77.0.11",
+                address,
                 "-k",
                 str(self.dir / "kvmha.key"),
             ]
@@ -246,6 +279,112 @@ class Bench:
         return lat
 
 
+FLOOD_SCRIPT = """
+import os, socket, sys, threading, time
+host, port, kind, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+from kvmha.fence import agent
+count = [0]
+def one():
+    while True:
+        try:
+            s = socket.create_connection((host, port), timeout=2)
+            if kind == "kvmha":
+                hello = {"type": "hello", "proto": agent.PROTOCOL,
+                         "key": "flood-" + os.urandom(4).hex(), "nc": os.urandom(32).hex()}
+                agent.send_frame(s, hello, time.monotonic() + 2)
+                s.settimeout(2)
+                s.recv(4096)
+            else:
+                s.sendall(os.urandom(512))
+            s.close()
+            count[0] += 1
+        except OSError:
+            time.sleep(0.01)
+for _ in range(n):
+    threading.Thread(target=one, daemon=True).start()
+while True:
+    time.sleep(5)
+    print(count[0], flush=True)
+"""
+
+
+class Flood:
+    """Unauthenticated connections to one daemon from host3, n at a time, until stopped."""
+
+    def __init__(self, lab: Lab, port: int, kind: str, n: int = 32) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *nsenter_net(lab, "host3"),
+                sys.executable,
+                "-I",
+                "-c",
+                FLOOD_SCRIPT,
+                "10.77.0.11",
+                str(port),
+                kind,
+                str(n),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(2.0)  # in full flow before the first measurement
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, 9)
+        self.proc.wait(10)
+
+
+def power_loss_once(bench: Bench, lab: Lab) -> dict[str, Any]:
+    """Cut host1's power under the running domain; retry an off through host2's listener
+    once a second until success. Seconds from the cut to success, and to the host
+    cluster's completed fence of host1 (from its fence history)."""
+    from kvmha.tools.lab import faults
+
+    bench.start_domain()
+    argv = bench.client_argv("kvmha", "off", client="host3", address="10.77.0.12")
+    t_cut = time.time()
+    t0 = time.monotonic()
+    lab.power_cut("host1")
+    attempts = 0
+    while True:
+        attempts += 1
+        r = subprocess.run(argv, capture_output=True, check=False, timeout=90)
+        if r.returncode == 0:
+            took = time.monotonic() - t0
+            break
+        if time.monotonic() - t0 > 240:
+            raise SystemExit("no successful off within 240 s of the power cut")
+        time.sleep(1.0)
+    st = lab.cluster_state(prefer="host2")
+    fenced = st.last_fenced("host1") if st is not None else None
+    after_fence = None
+    if fenced is not None:
+        after_fence = round(t_cut + took - fenced, 3)
+    faults.restore(lab)
+    bench.reconnect()
+    return {
+        "cut_to_success_s": round(took, 3),
+        "success_after_host_fence_s": after_fence,
+        "attempts": attempts,
+    }
+
+
+def xvm_after_power_loss(bench: Bench, lab: Lab) -> dict[str, Any]:
+    from kvmha.tools.lab import faults
+
+    bench.start_virtd()
+    bench.start_domain()
+    lab.power_cut("host1")
+    bench.teardown_virtd()  # it ran on host1: it goes with the power
+    t0 = time.monotonic()
+    rc, _took = bench.run_client("xvm", "off")
+    took = time.monotonic() - t0
+    faults.restore(lab)
+    bench.reconnect()
+    return {"rc": rc, "s": round(took, 3), "succeeded": rc == 0}
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -254,6 +393,7 @@ def pct(xs: list[float], p: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--power-rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--labdir", type=Path, default=Path("/var/lib/kvmha-bench-fence"))
     ap.add_argument("--keep", action="store_true", help="leave the lab up")
@@ -281,6 +421,18 @@ def main() -> int:
         lat = bench.concurrent_status()
         if len(lat) != 3 * CONCURRENT:
             raise SystemExit(f"only {len(lat)} of {3 * CONCURRENT} status requests answered")
+        flooded: dict[str, list[tuple[float, float]]] = {"kvmha": [], "xvm": []}
+        for which, port in (("kvmha", agent.DEFAULT_PORT), ("xvm", XVM_PORT)):
+            flood = Flood(lab, port, which)
+            try:
+                for _ in range(max(3, args.rounds // 2)):
+                    bench.start_domain()
+                    flooded[which].append(bench.fence_once(which))
+            finally:
+                flood.stop()
+        bench.teardown_virtd()
+        power = [power_loss_once(bench, lab) for _ in range(args.power_rounds)]
+        xvm_power = xvm_after_power_loss(bench, lab)
     finally:
         bench.teardown()
         if created and not args.keep:
@@ -289,7 +441,24 @@ def main() -> int:
     k_off = statistics.median(x[1] for x in res["kvmha"])
     x_off = statistics.median(x[1] for x in res["xvm"])
     x_frozen = statistics.median(x[0] for x in res["xvm"])
+    fk_frozen = statistics.median(x[0] for x in flooded["kvmha"])
+    fk_off = statistics.median(x[1] for x in flooded["kvmha"])
+    fx_off = statistics.median(x[1] for x in flooded["xvm"])
+    p_success = statistics.median(x["cut_to_success_s"] for x in power)
     out: dict[str, Any] = {
+        "flood": {
+            "kvmha_frozen_s": round(fk_frozen, 4),
+            "kvmha_off_s": round(fk_off, 4),
+            "fence_xvm_off_s": round(fx_off, 4),
+            "frozen_ratio": round(fk_frozen / fx_off, 3),
+            "off_ratio": round(fk_off / fx_off, 3),
+            "samples": {k: [[round(a, 4), round(b, 4)] for a, b in v] for k, v in flooded.items()},
+        },
+        "power_loss": {
+            "kvmha_cut_to_success_s": round(p_success, 3),
+            "rounds": power,
+            "fence_xvm": xvm_power,
+        },
         "frozen": {
             "kvmha_s": round(k_frozen, 4),
             "fence_xvm_off_s": round(x_off, 4),
@@ -323,6 +492,25 @@ def main() -> int:
     print(
         f"| {CONCURRENT} concurrent status | p50 {pct(lat, 50) * 1000:.0f} ms, "
         f"p99 {pct(lat, 99) * 1000:.0f} ms | | | p99 < 200 ms |"
+    )
+    print(
+        f"| during a flood: request -> frozen | {fk_frozen * 1000:.0f} ms | (off) "
+        f"{fx_off * 1000:.0f} ms | {out['flood']['frozen_ratio']} | <= 0.5 |"
+    )
+    print(
+        f"| during a flood: request -> confirmed off | {fk_off * 1000:.0f} ms | "
+        f"{fx_off * 1000:.0f} ms | {out['flood']['off_ratio']} | <= 1.25 |"
+    )
+    after = [x["success_after_host_fence_s"] for x in power]
+    xvm_text = (
+        f"{xvm_power['s']:.1f} s, ok"
+        if xvm_power["succeeded"]
+        else f"never: rc {xvm_power['rc']} after {xvm_power['s']:.1f} s (its daemon died with host1)"
+    )
+    print(
+        f"| host lost power: cut -> off confirmed | {p_success:.1f} s (median of "
+        f"{len(power)}; after the host fence: {after} s) | {xvm_text} | | succeeds, after "
+        "the host fence |"
     )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
