@@ -721,12 +721,32 @@ class Guest:
                     self.health(dom, name)
                 break
             except AgentError as e:
+                gone = self.stopped_while_starting(dom)
+                if gone:  # waiting longer cannot help: say so now (a fence, a crash)
+                    raise AgentError(
+                        ocf.ERR_GENERIC, f"{name} {gone} while starting ({e.reason})"
+                    ) from None
                 if self.remaining() < 1.5:
                     raise AgentError(ocf.ERR_GENERIC, f"{name} runs but {e.reason}") from None
                 time.sleep(0.5)
         self.unset_utilization()
         self.update_utilization(dom)
         return ocf.SUCCESS
+
+    def stopped_while_starting(self, dom: Any) -> str:
+        """'' while the domain runs (or its state cannot be read); else what became of it:
+        destroyed (a fence through the listener), shut off or crashed. The start's health
+        wait then ends at once instead of at the operation's timeout."""
+        conn = self.connect()
+        try:
+            state, _reason = conn.state(dom)
+        except conn.lv.libvirtError:
+            return ""
+        if state == SHUTOFF:
+            return "was shut off or destroyed"
+        if state == CRASHED:
+            return "crashed"
+        return ""
 
     def in_start_grace(self) -> bool:
         """True within health_start_grace seconds of this host's last start of the guest."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,5 +147,60 @@ def test_deep_monitor_runs_health_checks(
         assert guest.main(["Guest", "monitor"], {**bad, "OCF_CHECK_LEVEL": "10"}) == 1
         assert "returned 503" in capfd.readouterr().err
     finally:
+        assert guest.main(["Guest", "stop"], env) == ocf.SUCCESS
+        holder.close()
+
+
+def test_a_start_whose_domain_is_destroyed_while_its_health_waits_fails_at_once(
+    tmp_path: Path, closed_port: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The start's health wait (up to the operation's timeout) ends when the domain stops
+    running meanwhile (a fence through the listener destroyed it): an error that says so,
+    not a wait until the timeout with "runs but" (which held up the host cluster's stop,
+    and with it the guest cluster's fence, for the whole start timeout)."""
+    import threading
+
+    libvirt = pytest.importorskip("libvirt")
+    holder = libvirt.open("test:///default")
+    cfg = tmp_path / "h.xml"
+    cfg.write_text(
+        "<domain type='test'><name>kvmha-unit-gone</name><memory>65536</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    env = {
+        "OCF_RESKEY_config": str(cfg),
+        "OCF_RESKEY_hypervisor": "test:///default",
+        "HA_RSCTMP": str(tmp_path),
+        "HA_LOGFACILITY": "none",
+        "OCF_RESKEY_peer_uris": "none",
+        "OCF_RESKEY_autoset_utilization_cpu": "0",
+        "OCF_RESKEY_autoset_utilization_hv_memory": "0",
+        "OCF_RESKEY_autoset_utilization_host_memory": "0",
+        "OCF_RESKEY_CRM_meta_timeout": "60000",
+        "OCF_RESKEY_health_tcp": f"127.0.0.1:{closed_port}",  # never healthy
+        "OCF_RESKEY_health_timeout": "1",
+    }
+
+    def destroy_when_running() -> None:
+        for _ in range(200):
+            try:
+                dom = holder.lookupByName("kvmha-unit-gone")
+                if dom.isActive():
+                    time.sleep(0.5)  # inside the health wait by now
+                    dom.destroy()
+                    return
+            except libvirt.libvirtError:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=destroy_when_running, daemon=True)
+    t.start()
+    try:
+        assert guest.main(["Guest", "start"], env) == ocf.ERR_GENERIC
+        err = capfd.readouterr().err
+        assert "kvmha-unit-gone was shut off or destroyed while starting" in err, err
+        assert "runs but" not in err
+    finally:
+        t.join(10)
         assert guest.main(["Guest", "stop"], env) == ocf.SUCCESS
         holder.close()
