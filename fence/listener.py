@@ -327,6 +327,7 @@ class Ctx:
     origin: Optional[Json] = None
     admin: bool = False  # the hosts' shared key (kvmha fence on a host): admin actions
     request: str = ""  # this request's id, carried to the hosts that act on it
+    at: float = 0.0  # when a guest's request arrived (Unix time): what "a later off" means
 
 
 INTERNAL = Ctx("", ALL, "", True)
@@ -737,6 +738,7 @@ class Listener:
             ctx.origin = {str(k)[:20]: str(v)[:100] for k, v in list(origin.items())[:5]}
         if not ctx.is_host:
             ctx.request = os.urandom(6).hex()
+            ctx.at = time.time()
         if action in ("on", "off", "reboot", "status") and not plug:
             return problem("no-plug", f"{action} needs a plug")
         try:
@@ -784,8 +786,11 @@ class Listener:
 
     def do_local_on(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         rid = body.get("request")
+        since = body.get("since", 0.0)
+        if not isinstance(since, (int, float)) or isinstance(since, bool):
+            since = 0.0
         with self._onoff:
-            if isinstance(rid, str) and self._off_since(plug, rid):
+            if isinstance(rid, str) and self._off_since(plug, rid, float(since)):
                 return problem("on-failed", f"a later off of {plug} cancelled this power-on")
             res = self.backend.start(plug, timeout)
         return {"status": "ok", **res}
@@ -819,11 +824,15 @@ class Listener:
                 for k, _ in oldest:
                     del self._off_requests[k]
 
-    def _off_since(self, plug: str, request: str) -> bool:
-        """Another request than request asked plug off since request's own off (locked)."""
+    def _off_since(self, plug: str, request: str, since: float = 0.0) -> bool:
+        """Another request than request asked plug off since request began (Unix time
+        since; locked). An off noted up to CLOCK_SKEW before since counts as later (the
+        safe side: a power-on not done, never one done after an off); since 0 (unknown)
+        makes any other request's off count. An off older than that, noted long before
+        this reboot began, never cancels it."""
         plug = rule.norm_uuid(plug) if rule.looks_like_uuid(plug) else plug
         rec = self._off_requests.get(plug)
-        return rec is not None and rec[1] != request
+        return rec is not None and rec[1] != request and rec[0] > since - rule.CLOCK_SKEW
 
     # the guest clusters' actions
     def do_monitor(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
@@ -1129,13 +1138,18 @@ class Listener:
             if ident is not None:
                 threading.Thread(
                     target=self._power_on_later,
-                    args=(ctx.request, ident, managed, sorted(f.answered)),
+                    args=(ctx.request, ctx.at, ident, managed, sorted(f.answered)),
                     daemon=True,
                 ).start()
         return answer
 
     def _power_on_later(
-        self, request: str, ident: rule.Identity, managed: Optional[ManagedGuest], hosts: list[str]
+        self,
+        request: str,
+        since: float,
+        ident: rule.Identity,
+        managed: Optional[ManagedGuest],
+        hosts: list[str],
     ) -> None:
         """The 'on' half of a reboot, unless an off of the domain came in since."""
         plug = ident.uuid or ident.name
@@ -1148,14 +1162,22 @@ class Listener:
                         break
                     time.sleep(0.5)
                 with self._onoff:
-                    if self._off_since(plug, request) or self._off_since(ident.name, request):
+                    if self._off_since(plug, request, since) or self._off_since(
+                        ident.name, request, since
+                    ):
                         self.audit.info(f"reboot: power-on of {plug} cancelled by a later off")
                         return
                     self.cluster.set_target_role(managed.rid, "Started")
                 self.audit.info(f"reboot: asked the host cluster to start {managed.rid}")
                 return
             for h in hosts:
-                body = {"action": "local-on", "plug": plug, "timeout": 30.0, "request": request}
+                body = {
+                    "action": "local-on",
+                    "plug": plug,
+                    "timeout": 30.0,
+                    "request": request,
+                    "since": since,
+                }
                 if h == self.cfg.host:
                     ans = self.do_local_on(INTERNAL, plug, 30.0, body)
                 else:

@@ -164,6 +164,9 @@ def settle(lab: Lab, gc: RealGuestCluster) -> None:
         300,
         1.0,
     )
+    # and the host cluster idle: a guest still in its start (the health gate waits for
+    # the guest agent) is not yet what a fault test may hit
+    lab.run_in("host1", ["crm_resource", "--wait", "--timeout", "300"], timeout=320, check=False)
     wait_for("the guest cluster complete", gc.all_online, 600, 3.0)
     for n in gc.nodes:
         try:

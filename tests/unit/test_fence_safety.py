@@ -219,6 +219,16 @@ def test_an_off_cancels_a_pending_reboot_power_on(lab: Lab) -> None:
     lst._note_off(d.uuid, "reboot-3")
     ans = lst.do_local_on(lst_ctx(), d.uuid, 5, {"request": "reboot-3"})
     assert ans["status"] == "ok" and d.active
+    # the time matters, not only the request: an off noted before the reboot began (less
+    # the clock skew) does not cancel it; one within the skew does (the safe side)
+    d.active = False
+    lst._off_requests[d.uuid] = (time.time() - 60, "off-4")
+    ans = lst.do_local_on(lst_ctx(), d.uuid, 5, {"request": "reboot-5", "since": time.time()})
+    assert ans["status"] == "ok" and d.active
+    d.active = False
+    lst._off_requests[d.uuid] = (time.time() - 0.5, "off-6")
+    ans = lst.do_local_on(lst_ctx(), d.uuid, 5, {"request": "reboot-7", "since": time.time()})
+    assert ans["status"] == "error" and not d.active
 
 
 def lst_ctx() -> Any:
