@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.agent_env import agent_env, write_test_domain
 
 from kvmha.agents import guest, health, ocf
 
@@ -117,25 +118,17 @@ def test_deep_monitor_runs_health_checks(
 ) -> None:
     libvirt = pytest.importorskip("libvirt")
     holder = libvirt.open("test:///default")  # test driver state lives while a conn is open
-    cfg = tmp_path / "h.xml"
-    cfg.write_text(
-        "<domain type='test'><name>kvmha-unit-health</name><memory>65536</memory>"
-        "<os><type>hvm</type></os></domain>"
+    cfg = write_test_domain(tmp_path, "kvmha-unit-health")
+    env = agent_env(
+        tmp_path,
+        cfg,
+        {
+            "OCF_RESKEY_CRM_meta_interval": "60000",
+            "OCF_RESKEY_health_tcp": f"127.0.0.1:{http_server}",
+            "OCF_RESKEY_health_http": f"http://127.0.0.1:{http_server}/ok",
+            "OCF_RESKEY_health_timeout": "2",
+        },
     )
-    env = {
-        "OCF_RESKEY_config": str(cfg),
-        "OCF_RESKEY_hypervisor": "test:///default",
-        "HA_RSCTMP": str(tmp_path),
-        "HA_LOGFACILITY": "none",
-        "OCF_RESKEY_peer_uris": "none",
-        "OCF_RESKEY_autoset_utilization_cpu": "0",
-        "OCF_RESKEY_autoset_utilization_hv_memory": "0",
-        "OCF_RESKEY_CRM_meta_timeout": "30000",
-        "OCF_RESKEY_CRM_meta_interval": "60000",
-        "OCF_RESKEY_health_tcp": f"127.0.0.1:{http_server}",
-        "OCF_RESKEY_health_http": f"http://127.0.0.1:{http_server}/ok",
-        "OCF_RESKEY_health_timeout": "2",
-    }
     assert guest.main(["Guest", "start"], env) == ocf.SUCCESS
     try:
         assert guest.main(["Guest", "monitor"], {**env, "OCF_CHECK_LEVEL": "10"}) == 0
@@ -162,24 +155,16 @@ def test_a_start_whose_domain_is_destroyed_while_its_health_waits_fails_at_once(
 
     libvirt = pytest.importorskip("libvirt")
     holder = libvirt.open("test:///default")
-    cfg = tmp_path / "h.xml"
-    cfg.write_text(
-        "<domain type='test'><name>kvmha-unit-gone</name><memory>65536</memory>"
-        "<os><type>hvm</type></os></domain>"
+    cfg = write_test_domain(tmp_path, "kvmha-unit-gone")
+    env = agent_env(
+        tmp_path,
+        cfg,
+        {
+            "OCF_RESKEY_CRM_meta_timeout": "60000",
+            "OCF_RESKEY_health_tcp": f"127.0.0.1:{closed_port}",  # never healthy
+            "OCF_RESKEY_health_timeout": "1",
+        },
     )
-    env = {
-        "OCF_RESKEY_config": str(cfg),
-        "OCF_RESKEY_hypervisor": "test:///default",
-        "HA_RSCTMP": str(tmp_path),
-        "HA_LOGFACILITY": "none",
-        "OCF_RESKEY_peer_uris": "none",
-        "OCF_RESKEY_autoset_utilization_cpu": "0",
-        "OCF_RESKEY_autoset_utilization_hv_memory": "0",
-        "OCF_RESKEY_autoset_utilization_host_memory": "0",
-        "OCF_RESKEY_CRM_meta_timeout": "60000",
-        "OCF_RESKEY_health_tcp": f"127.0.0.1:{closed_port}",  # never healthy
-        "OCF_RESKEY_health_timeout": "1",
-    }
 
     def destroy_when_running() -> None:
         for _ in range(200):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.agent_env import agent_env, write_test_domain
 
 from kvmha.agents import guest, health, migration, ocf
 from kvmha.agents import guest_params as gp
@@ -142,26 +143,17 @@ def test_health_start_grace(
 ) -> None:
     libvirt = pytest.importorskip("libvirt")
     holder = libvirt.open("test:///default")
-    cfg = tmp_path / "g.xml"
-    cfg.write_text(
-        "<domain type='test'><name>kvmha-unit-grace</name><memory>65536</memory>"
-        "<os><type>hvm</type></os></domain>"
+    cfg = write_test_domain(tmp_path, "kvmha-unit-grace")
+    env = agent_env(
+        tmp_path,
+        cfg,
+        {
+            "OCF_RESOURCE_INSTANCE": "vm_grace",
+            "OCF_RESKEY_health_tcp": "127.0.0.1:9",  # the discard port: nothing listens
+            "OCF_RESKEY_health_timeout": "1",
+            "OCF_RESKEY_health_start_grace": "600",
+        },
     )
-    env = {
-        "OCF_RESKEY_config": str(cfg),
-        "OCF_RESKEY_hypervisor": "test:///default",
-        "HA_RSCTMP": str(tmp_path),
-        "HA_LOGFACILITY": "none",
-        "OCF_RESOURCE_INSTANCE": "vm_grace",
-        "OCF_RESKEY_peer_uris": "none",
-        "OCF_RESKEY_autoset_utilization_cpu": "0",
-        "OCF_RESKEY_autoset_utilization_hv_memory": "0",
-        "OCF_RESKEY_autoset_utilization_host_memory": "0",
-        "OCF_RESKEY_CRM_meta_timeout": "30000",
-        "OCF_RESKEY_health_tcp": "127.0.0.1:9",  # the discard port: nothing listens
-        "OCF_RESKEY_health_timeout": "1",
-        "OCF_RESKEY_health_start_grace": "600",
-    }
     deep = {"OCF_RESKEY_CRM_meta_interval": "60000", "OCF_CHECK_LEVEL": "10"}
     try:
         # with a grace the start does not wait for the failing health check ...
