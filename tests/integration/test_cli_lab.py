@@ -41,7 +41,16 @@ def test_status(lab3: Lab) -> None:
     r = kvmha_on(lab3, "host1", "status", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert set(rep) == {"schema", "cluster", "hosts", "guests", "fencing", "warnings"}
+    assert set(rep) == {
+        "schema",
+        "cluster",
+        "hosts",
+        "guests",
+        "guest_nodes",
+        "fencing",
+        "warnings",
+    }
+    assert rep["guest_nodes"] == []  # lab3 has no Pacemaker Remote guest node
     assert rep["schema"] == "kvmha.status.v1"
     assert [h["name"] for h in rep["hosts"]] == ["host1", "host2", "host3"]
     assert {g["name"] for g in rep["guests"]} >= {"guest1", "guest2", "guest3"}
