@@ -78,10 +78,10 @@ class Bench:
     # ---- set-up ----------------------------------------------------------------
     def setup(self) -> None:
         deadline = time.monotonic() + 60
-        for h in self.cfg.host_names():  # every host's listener serves (the rule asks all)
-            while ":1230 " not in self.lab.run_in(h, ["ss", "-ltn"]).stdout:
+        for h in self.cfg.host_names():  # every host's listener and libvirt serve
+            while not self._serving(h):
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"the fence listener on {h} does not listen")
+                    raise SystemExit(f"the fence listener or libvirt on {h} does not answer")
                 time.sleep(0.5)
         secret = os.urandom(32)
         for h in self.cfg.host_names():
@@ -136,6 +136,15 @@ class Bench:
         else:
             raise SystemExit("fence_virtd does not answer")
 
+    def _serving(self, host: str) -> bool:
+        if ":1230 " not in self.lab.run_in(host, ["ss", "-ltn"]).stdout:
+            return False
+        try:
+            libvirt.open(self.cfg.libvirt_uri(host)).close()
+        except libvirt.libvirtError:
+            return False
+        return True
+
     def teardown_virtd(self) -> None:
         """fence_virtd down while host1 loses power (it would die with it anyway)."""
         if self.virtd is not None:
@@ -151,6 +160,11 @@ class Bench:
         """A new connection to host1's libvirt (after host1 was power-cycled)."""
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
+        deadline = time.monotonic() + 60
+        while not all(self._serving(h) for h in self.cfg.host_names()):
+            if time.monotonic() > deadline:
+                raise SystemExit("the hosts' listeners and libvirt do not answer after a restore")
+            time.sleep(0.5)
         self.conn = libvirt.open(self.cfg.libvirt_uri("host1"))
 
     def teardown(self) -> None:
@@ -387,8 +401,10 @@ def xvm_after_power_loss(bench: Bench, lab: Lab) -> dict[str, Any]:
 
     bench.start_virtd()
     bench.start_domain()
-    lab.power_cut("host1")
-    bench.teardown_virtd()  # it ran on host1: it goes with the power
+    if bench.run_client("xvm", "status")[0] != 0:
+        raise SystemExit("fence_virtd does not see the domain before the power cut")
+    bench.teardown_virtd()  # it runs on host1: it goes with the power (first: the lab's
+    lab.power_cut("host1")  # switch refuses to call a host off while it has processes)
     t0 = time.monotonic()
     rc, _took = bench.run_client("xvm", "off")
     took = time.monotonic() - t0
