@@ -264,25 +264,37 @@ def load_libvirt() -> ModuleType:
     return libvirt  # type: ignore[no-any-return]
 
 
-def call_with_deadline(fn: Callable[[], T], seconds: float) -> T:
+def call_with_deadline(
+    fn: Callable[[], T], seconds: float, on_late: Callable[[T], object] | None = None
+) -> T:
     """fn() in a thread of its own (libvirt-python releases the GIL); TimeoutError when it
     has not returned within seconds. The thread is left behind: a libvirt call cannot be
-    cancelled. An exception fn raises is raised here."""
+    cancelled; a result it returns after the deadline goes to on_late (to close it). An
+    exception fn raises is raised here."""
     box: list[Any] = []
     done = _thread.allocate_lock()
     done.acquire()
+    guard = _thread.allocate_lock()  # the result and the caller's giving up, in one order
+    abandoned: list[bool] = []
 
     def work() -> None:
         try:
-            box.append((True, fn()))
+            result: tuple[bool, Any] = (True, fn())
         except BaseException as exc:  # re-raised in the caller
-            box.append((False, exc))
-        finally:
-            done.release()
+            result = (False, exc)
+        with guard:
+            box.append(result)
+            late = bool(abandoned)
+        if late and result[0] and on_late is not None:
+            on_late(result[1])
+        done.release()
 
     _thread.start_new_thread(work, ())
     if not done.acquire(timeout=max(seconds, 0.0)):
-        raise TimeoutError(f"no answer within {seconds:g} s")
+        with guard:
+            if not box:  # still running: it is abandoned from here on
+                abandoned.append(True)
+                raise TimeoutError(f"no answer within {seconds:g} s")
     ok, value = box[0]
     if not ok:
         raise value
@@ -295,30 +307,14 @@ def connect(uri: str, timeout: float, *, readonly: bool = False) -> Any:
     ConnectTimeout or LibvirtUnavailable.  A connection that opens after the timeout is
     closed by its thread."""
     lv = load_libvirt()
-    box: list[Any] = []
-    done = _thread.allocate_lock()
-    done.acquire()
-    state = {"abandoned": False}
-
-    def work() -> None:
-        try:
-            c = lv.openReadOnly(uri) if readonly else lv.open(uri)
-            box.append(c)
-            if state["abandoned"]:
-                c.close()
-        except BaseException as e:
-            box.append(e)
-        finally:
-            done.release()
-
-    _thread.start_new_thread(work, ())
-    if not done.acquire(timeout=max(0.0, timeout)):
-        state["abandoned"] = True
-        raise ConnectTimeout(f"libvirt at {uri} did not answer within {timeout:g}s")
-    got = box[0]
-    if isinstance(got, BaseException):
-        raise got
-    return got
+    try:
+        return call_with_deadline(
+            lambda: lv.openReadOnly(uri) if readonly else lv.open(uri),
+            timeout,
+            on_late=lambda c: c.close(),
+        )
+    except TimeoutError:
+        raise ConnectTimeout(f"libvirt at {uri} did not answer within {timeout:g}s") from None
 
 
 # ------------------------------------------------------------------ the resource mark

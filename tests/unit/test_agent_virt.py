@@ -264,3 +264,30 @@ def test_module_imports_nothing_heavy() -> None:
     ).stdout.split()
     for heavy in ("libvirt", "xml.etree.ElementTree", "subprocess", "threading", "typing"):
         assert heavy not in out, heavy
+
+
+def test_a_result_after_the_deadline_goes_to_on_late_and_an_early_one_to_the_caller() -> None:
+    """call_with_deadline (behind connect): a connection that opens after the caller gave
+    up is closed by its thread, never leaked; one in time is the caller's."""
+    import threading
+
+    release = threading.Event()
+    late: list[str] = []
+
+    def slow() -> str:
+        release.wait(10)
+        return "conn"
+
+    with pytest.raises(TimeoutError):
+        virt.call_with_deadline(slow, 0.2, on_late=late.append)
+    release.set()
+    for _ in range(200):
+        if late:
+            break
+        threading.Event().wait(0.01)
+    assert late == ["conn"]
+    kept: list[str] = []
+    assert virt.call_with_deadline(lambda: "now", 5, on_late=kept.append) == "now"
+    assert kept == []
+    with pytest.raises(ValueError, match="boom"):
+        virt.call_with_deadline(lambda: int("boom"), 5)
