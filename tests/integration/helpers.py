@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from kvmha.process import module_argv
+
+if TYPE_CHECKING:
+    from kvmha.tools.lab.lab import Lab
 
 T = TypeVar("T")
 
@@ -32,4 +35,18 @@ def kvmha(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def wait_fenced(lab: Lab, host: str, since: int, timeout: float) -> None:
+    """Wait for a successful fence of host recorded by the power switch after the first
+    since events (len(lab.power_events()) taken before the fault): a shared lab's earlier
+    tests may have fenced the same host, and an old record must not end the wait."""
+    wait_for(
+        f"{host} fenced",
+        lambda: any(
+            e["host"] == host and e["origin"] == "fence" and e.get("result") == "ok"
+            for e in lab.power_events()[since:]
+        ),
+        timeout,
     )

@@ -10,7 +10,7 @@ import pytest
 from kvmha.tools.lab import libvirtconf
 from kvmha.tools.lab.lab import Lab
 
-from .helpers import wait_for
+from .helpers import wait_fenced, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -108,14 +108,9 @@ def test_data_centre_keeps_its_guest_on_its_hosts(lab3: Lab) -> None:
             "qa": ["host3"],
         }
         # the only qa host loses power: guest5 must stay stopped, not move to a dev host
+        events = len(lab3.power_events())
         lab3.power_cut("host3")
-        wait_for(
-            "host3 fenced",
-            lambda: any(
-                e["host"] == "host3" and e["origin"] == "fence" for e in lab3.power_events()
-            ),
-            60,
-        )
+        wait_fenced(lab3, "host3", events, 60)
         lab3.run_in(
             "host1", ["crm_resource", "--wait", "--timeout", "120"], timeout=130, check=False
         )
