@@ -193,19 +193,22 @@ class HostInit:
             self.start_cluster_only()
             return
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
+        # systemd's socket units exist before libvirtd starts; here each daemon's socket
+        # is waited for: libvirtd whose QEMU driver finds no virtlockd socket (qemu.conf
+        # lock_manager = "lockd") exits at once ("Driver state initialization failed")
         self.start("virtlogd", ["/usr/sbin/virtlogd"], "/var/log/libvirt/virtlogd.out")
-        # the lock manager (qemu.conf lock_manager = "lockd") before libvirtd needs it
         self.start("virtlockd", ["/usr/sbin/virtlockd"], "/var/log/libvirt/virtlockd.out")
-        self.start(
-            "libvirtd",
-            ["/usr/sbin/libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"],
-            "/var/log/libvirt/libvirtd.out",
-        )
+        for sock in ("/run/libvirt/virtlogd-sock", "/run/libvirt/virtlockd-sock"):
+            if not _wait_path(sock, 10):
+                _log(f"{sock} missing after 10 s")
+        libvirtd = ["/usr/sbin/libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"]
+        self.start("libvirtd", libvirtd, "/var/log/libvirt/libvirtd.out")
         self.start("corosync", ["/usr/sbin/corosync", "-f"], "/var/log/corosync/corosync.out")
         if not self.wait_for(["corosync-cfgtool", "-s"], 10):
             _log("corosync does not answer after 10 s")
-        # pacemaker after libvirtd: its first probes ask libvirt about the guests
-        self.wait_for(["virsh", "-c", "qemu:///system", "uri"], 30)
+        # pacemaker after libvirtd (the drop-in kvmha ships orders pacemaker.service after
+        # it): its first probes and starts ask libvirt about the guests
+        self.wait_libvirtd(30)
         self.start(
             "pacemakerd",
             ["/usr/sbin/pacemakerd"],
@@ -236,6 +239,21 @@ class HostInit:
             "/var/log/pacemaker/pacemakerd.out",
             {"PCMK_logfacility": "none", "PCMK_logfile": "/var/log/pacemaker/pacemaker.log"},
         )
+
+    def wait_libvirtd(self, seconds: float) -> None:
+        """Until libvirtd answers; one that exits meanwhile is started again at once (the
+        init's reaping loop does not run yet), as systemd would restart it."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.wait_for(["virsh", "-c", "qemu:///system", "uri"], 1):
+                return
+            pid = self.daemons.get("libvirtd")
+            if pid is None or self._reap_all(pid):
+                self.restart_at.pop("libvirtd", None)
+                Path("/run/libvirt/libvirtd.pid").unlink(missing_ok=True)
+                argv, log, env = self.commands["libvirtd"]
+                self.start("libvirtd", argv, log, env)
+        _log(f"libvirtd does not answer after {seconds:.0f} s")
 
     def _stop(self, name: str, seconds: float) -> None:
         pid = self.daemons.get(name)
@@ -312,6 +330,15 @@ class HostInit:
             signal.sigtimedwait({signal.SIGCHLD}, 0.5)
             self._reap_all()
             self._restart_due()
+
+
+def _wait_path(path: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def main(argv: list[str]) -> None:
