@@ -81,6 +81,13 @@ ALL = Scope("all", ())
 Json = dict[str, Any]
 
 
+def finite(value: object) -> Optional[float]:
+    """value as a float if it is a finite JSON number (not a bool, NaN or infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 @dataclasses.dataclass
 class Config:
     host: str
@@ -419,17 +426,11 @@ class Listener:
             for uuid, rec in sightings.items():
                 if isinstance(rec, dict) and isinstance(rec.get("hosts"), dict):
                     hosts = {
-                        str(h): float(t)
-                        for h, t in rec["hosts"].items()
-                        if isinstance(t, (int, float)) and math.isfinite(t)
+                        str(h): float(t) for h, t in rec["hosts"].items() if finite(t) is not None
                     }
                     self.sightings[str(uuid)] = {"name": str(rec.get("name", "")), "hosts": hosts}
         if isinstance(heard, dict):
-            self.heard = {
-                str(h): float(t)
-                for h, t in heard.items()
-                if isinstance(t, (int, float)) and math.isfinite(t)
-            }
+            self.heard = {str(h): float(t) for h, t in heard.items() if finite(t) is not None}
 
     def _save_state(self) -> None:
         if not self.cfg.state_file or not self._state_dirty:
@@ -484,8 +485,8 @@ class Listener:
                     out.append(sg)
         if isinstance(heard, dict):
             for h, t in heard.items():
-                if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-                    self._heard_from(str(h), float(t))
+                if (ft := finite(t)) is not None:
+                    self._heard_from(str(h), ft)
         return out
 
     def _sightings_of(self, plug: str) -> list[rule.Sighting]:
@@ -725,14 +726,10 @@ class Listener:
         plug = body.get("plug", "")
         if not isinstance(plug, str) or (plug and not PLUG_RE.match(plug)):
             return problem("bad-plug", "bad plug: a libvirt domain name or a UUID is expected")
-        timeout = body.get("timeout", 20.0)
-        if (
-            not isinstance(timeout, (int, float))
-            or isinstance(timeout, bool)
-            or not math.isfinite(timeout)
-        ):
+        timeout = finite(body.get("timeout", 20.0))
+        if timeout is None:
             return problem("bad-number", "bad timeout: a finite number of seconds is expected")
-        timeout = min(max(float(timeout), 1.0), MAX_TIMEOUT)
+        timeout = min(max(timeout, 1.0), MAX_TIMEOUT)
         origin = body.get("origin")
         if ctx.is_host and isinstance(origin, dict):
             ctx.origin = {str(k)[:20]: str(v)[:100] for k, v in list(origin.items())[:5]}
@@ -786,11 +783,9 @@ class Listener:
 
     def do_local_on(self, ctx: Ctx, plug: str, timeout: float, body: Json) -> Json:
         rid = body.get("request")
-        since = body.get("since", 0.0)
-        if not isinstance(since, (int, float)) or isinstance(since, bool):
-            since = 0.0
+        since = finite(body.get("since", 0.0)) or 0.0  # unknown: the safe side (rule.CLOCK_SKEW)
         with self._onoff:
-            if isinstance(rid, str) and self._off_since(plug, rid, float(since)):
+            if isinstance(rid, str) and self._off_since(plug, rid, since):
                 return problem("on-failed", f"a later off of {plug} cancelled this power-on")
             res = self.backend.start(plug, timeout)
         return {"status": "ok", **res}
