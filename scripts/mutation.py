@@ -27,8 +27,7 @@ scripts/mutation-equivalent.tsv; any other survivor makes this script exit 1.
 
 Results: build/mutation/<target>.sqlite (cosmic-ray sessions), <target>.py (the source it
 mutated), <target>.took (seconds) and report-<targets>.md.
-Run as root on a machine set up by scripts/setup.sh; on a shared development machine
-inside ``kvmha-dev run scripts/mutation.sh``.
+Run as root on a machine set up by scripts/setup.sh.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 # Mutation testing of the safety-critical code (see scripts/mutation.py and docs/testing.md):
 #   scripts/mutation.sh [TARGET...] | --list | --count | --report | --retest | --resume
 # Not part of every CI run (it takes long: docs/testing.md has the figures); as root on a
-# machine set up by scripts/setup.sh, or on a shared development machine through
-#   kvmha-dev run scripts/mutation.sh
+# machine set up by scripts/setup.sh.
 # Mutants never touch the real installation or the worktree: the run happens in a private
 # mount namespace, on a snapshot of the worktree (tracked and new files, as they are now),
 # installed into a copy of the site directory bind-mounted over the real one. An interrupted run leaves
