@@ -244,7 +244,10 @@ def constraints_xml(cfg: LabConfig) -> str:
         names = cfg.guest_names()
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
-                attrs = {"id": f"spread-{a}-{b}", "rsc": a, "with-rsc": b, "score": "-1000"}
+                # below resource-stickiness (100): the members start spread, and moving
+                # one onto another's host moves only that one (at -1000 Pacemaker would
+                # live-migrate the others around to keep them apart)
+                attrs = {"id": f"spread-{a}-{b}", "rsc": a, "with-rsc": b, "score": "-50"}
                 ET.SubElement(cons, "rsc_colocation", attrs)
     return ET.tostring(cons, encoding="unicode")
 

@@ -54,18 +54,29 @@ def agent_command(cfg: LabConfig, guest: str, cmd: dict[str, Any], timeout: int 
 
     libvirt_qemu: Any = importlib.import_module("libvirt_qemu")  # python3-libvirt, untyped
     lv = _libvirt()
-    hosts = running_on(cfg, guest)
-    if not hosts:
-        raise GuestExecError(f"{guest} runs nowhere")
-    conn = lv.open(cfg.libvirt_uri(hosts[0]))
-    try:
-        dom = conn.lookupByName(guest)
-        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(cmd), timeout, 0)
-    except lv.libvirtError as exc:
-        raise GuestExecError(f"guest agent of {guest}: {exc.get_error_message()}") from None
-    finally:
-        conn.close()
-    return json.loads(reply)["return"]
+    # during a live migration two hosts have the domain active, the source running and
+    # the destination paused (and then the other way round): only a running copy's agent
+    # answers, so look for it again for a while rather than ask a paused one
+    deadline = time.monotonic() + max(5, timeout)
+    while True:
+        hosts = running_on(cfg, guest)
+        if not hosts:
+            raise GuestExecError(f"{guest} runs nowhere")
+        for h in hosts:
+            conn = lv.open(cfg.libvirt_uri(h))
+            try:
+                dom = conn.lookupByName(guest)
+                if dom.state()[0] != lv.VIR_DOMAIN_RUNNING:
+                    continue
+                reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(cmd), timeout, 0)
+                return json.loads(reply)["return"]
+            except lv.libvirtError as exc:
+                raise GuestExecError(f"guest agent of {guest}: {exc.get_error_message()}") from None
+            finally:
+                conn.close()
+        if time.monotonic() > deadline:
+            raise GuestExecError(f"{guest} is active on {', '.join(hosts)} but runs on none")
+        time.sleep(0.2)
 
 
 def guest_exec(
