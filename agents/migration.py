@@ -58,14 +58,26 @@ def remote_uri(p: Params, node: str) -> str:
     return f"{scheme}://{host}{port}{slash}{path}"
 
 
+def _percent_n(p: Params, node: str) -> str:
+    """What %n in migrateuri (or --migrateuri=) stands for, as in VirtualDomain: the
+    node, and unless remoteuri is set, with migration_network_suffix and migration_user@
+    (VirtualDomain expands it after rewriting the node for the remote URI; libvirt reads
+    the user part of a tcp:// migration URI and ignores it)."""
+    if p.s("remoteuri"):
+        return node
+    target = _with_suffix(node, p.s("migration_network_suffix"))
+    user = p.s("migration_user")
+    return f"{user}@{target}" if user else target
+
+
 def migrate_uri(p: Params, node: str) -> str:
     """The migration data URI: migrateuri, --migrateuri= in migrate_options, or
     tcp://<node><suffix>[:migrateport] when migration_network_suffix is set; else ''."""
     if p.s("migrateuri"):
-        return p.s("migrateuri").replace("%n", node)
+        return p.s("migrateuri").replace("%n", _percent_n(p, node))
     for opt in p.s("migrate_options").split():
         if opt.startswith("--migrateuri="):
-            return opt.split("=", 1)[1].replace("%n", node)
+            return opt.split("=", 1)[1].replace("%n", _percent_n(p, node))
     suffix = p.s("migration_network_suffix")
     if suffix and p.s("hypervisor").startswith("qemu"):
         port = p.i("migrateport")
