@@ -644,26 +644,30 @@ class Agent:
         """Send body to the listeners in turn; the first authenticated answer counts.
 
         A transport or protocol failure, or an authenticated 'error', moves on to the
-        next address; an authenticated refusal ('denied') is final.
+        next address; an authenticated refusal ('denied') is final. When none succeeds,
+        the error names every listener's failure, the listeners' own answers (which say
+        which host could not be confirmed) before the ones that could not be reached.
         """
         key = self.key()
         port = self.port()
         login = _number(self.opts, "login_timeout") or 5.0
-        last = "no listener tried"
+        answered: list[str] = []
+        unreachable: list[str] = []
         for entry in self.addresses():
             addr, aport = split_address(entry, port)
             self.debug(f"asking {addr}:{aport}: {body}")
             try:
                 answer = exchange(addr, aport, key, body, login, answer_timeout)
             except ProtocolError as exc:
-                last = f"{addr}: {exc}"
-                self.debug(last)
+                unreachable.append(f"{addr}: {exc}")
+                self.debug(unreachable[-1])
                 continue
             self.debug(f"{addr} answered {answer}")
             if answer.get("status") in ("ok", "denied"):
                 return answer
-            last = f"{addr}: {answer.get('message', 'error')}"
-        return {"status": "error", "message": f"no listener could do it (last: {last})"}
+            answered.append(f"{addr}: {str(answer.get('message', 'error'))[:400]}")
+        failures = "; ".join(answered + unreachable) or "no listener tried"
+        return {"status": "error", "message": f"no listener could do it: {failures}"}
 
     def run(self, action: str) -> int:
         if action == "metadata":

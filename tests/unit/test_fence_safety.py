@@ -90,6 +90,42 @@ def test_agent_refuses_non_finite_numbers() -> None:
     assert rc == 1 and "power_timeout" in err
 
 
+def test_a_failed_fence_names_every_listeners_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest cluster's admin must see which host could not be confirmed, also when
+    the last listener tried is the silent one: every failure is in the one-line error,
+    the listeners' own answers first."""
+    from support.fence_lab import run_agent
+
+    from kvmha.fence import agent
+
+    agent_key = agent.Key("gc", b"s" * 32)
+    answers = {
+        "10.0.0.1": {
+            "status": "error",
+            "code": "host-unconfirmed",
+            "message": "host3 does not answer",
+        },
+        "10.0.0.2": {
+            "status": "error",
+            "code": "host-unconfirmed",
+            "message": "host3 does not answer (2)",
+        },
+    }
+
+    def fake_exchange(addr: str, port: int, key: Any, body: Any, *a: Any) -> dict[str, Any]:
+        if addr in answers:
+            return answers[addr]
+        raise agent.ProtocolError("timed out reading from the peer")
+
+    monkeypatch.setattr(agent, "exchange", fake_exchange)
+    monkeypatch.setattr(agent.Agent, "key", lambda self: agent_key)
+    rc, _out, err = run_agent(["-o", "off", "-n", "vm", "-a", "10.0.0.1,10.0.0.2,10.0.0.3"])
+    assert rc == 1
+    (line,) = err.strip().splitlines()
+    assert line.index("10.0.0.1: host3 does not answer") < line.index("10.0.0.3: timed out")
+    assert "10.0.0.2: host3 does not answer (2)" in line
+
+
 def test_help_is_plain_text() -> None:
     from support.fence_lab import run_agent
 
