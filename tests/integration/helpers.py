@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmha.process import module_argv
 
@@ -50,3 +50,21 @@ def wait_fenced(lab: Lab, host: str, since: int, timeout: float) -> None:
         ),
         timeout,
     )
+
+
+def powered_libvirts(lab: Lab) -> Iterator[tuple[str, Any]]:
+    """(host, libvirt connection) for every powered host whose libvirt answers; each
+    connection is closed when the loop moves on."""
+    import libvirt
+
+    for h in lab.cfg.host_names():
+        if not lab.powered(h):
+            continue
+        try:
+            conn = libvirt.open(lab.cfg.libvirt_uri(h))
+        except libvirt.libvirtError:
+            continue
+        try:
+            yield h, conn
+        finally:
+            conn.close()

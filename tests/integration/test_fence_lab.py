@@ -19,7 +19,7 @@ from kvmha.process import clean_env, run
 from kvmha.tools.lab.guestcluster import GuestCluster
 from kvmha.tools.lab.lab import Lab
 
-from .helpers import wait_for
+from .helpers import powered_libvirts, wait_for
 
 pytestmark = pytest.mark.lab
 GUEST_KEY = "/etc/kvmha/gcluster-fence.key"
@@ -29,21 +29,13 @@ Setup = tuple[Lab, GuestCluster]
 def instances(lab: Lab, guest: str) -> list[tuple[str, int]]:
     """(host, libvirt domain ID) wherever libvirt runs guest; a new ID = a new boot."""
     found = []
-    for h in lab.cfg.host_names():
-        if not lab.powered(h):
-            continue
-        try:
-            conn = libvirt.open(lab.cfg.libvirt_uri(h))
-        except libvirt.libvirtError:
-            continue
+    for h, conn in powered_libvirts(lab):
         try:
             dom = conn.lookupByName(guest)
             if dom.isActive():
                 found.append((h, dom.ID()))
         except libvirt.libvirtError:
             pass
-        finally:
-            conn.close()
     return found
 
 

@@ -99,6 +99,24 @@ def guest_domain_xml(cfg: LabConfig, guest: str, kernel: str, initrd: str) -> st
 """
 
 
+def idle_domain_xml(name: str, uuid: str) -> str:
+    """A domain with nothing to boot (no disk, no NIC): QEMU runs, SeaBIOS finds no boot
+    device and halts. For tests that need copies of a domain, not a guest."""
+    return f"""<domain type='qemu'>
+  <name>{escape(name)}</name>
+  <uuid>{escape(uuid)}</uuid>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
 DEBIAN_MEMORY_MIB = 512
 
 
