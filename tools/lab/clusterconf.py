@@ -212,9 +212,11 @@ def constraints_xml(cfg: LabConfig) -> str:
                 "expression",
                 {
                     "id": f"{rid}-not-hosts-expr",
+                    # a guest node's #kind is "container" ("remote" is an
+                    # ocf:pacemaker:remote node): ban the cluster nodes, not the others
                     "attribute": "#kind",
-                    "operation": "ne",
-                    "value": "remote",
+                    "operation": "eq",
+                    "value": "cluster",
                 },
             )
             ET.SubElement(

@@ -42,6 +42,10 @@ KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 DISK_SIZE = "1600M"
 COMMON_PACKAGES = (
     "systemd-sysv",
+    # the system bus: Pacemaker's systemd: resources talk to systemd over it. systemd only
+    # recommends dbus (and mmdebstrap installs no recommends); pacemaker pulls it in, but
+    # pacemaker-remote does not, and a guest node's systemd:nginx failed "No DBus connection"
+    "dbus",
     "udev",
     "kmod",
     "iproute2",

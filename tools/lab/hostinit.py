@@ -38,6 +38,9 @@ BIND_MOUNTS = (
     ("etc/corosync", "/etc/corosync"),
     ("etc/libvirt", "/etc/libvirt"),
     ("etc/kvmha", "/etc/kvmha"),
+    # Pacemaker Remote's authkey at its default place, per host: the machine's own
+    # /etc/pacemaker/authkey (Debian's pacemaker package makes one) is not the lab's
+    ("etc/pacemaker", "/etc/pacemaker"),
     ("var/lib/pacemaker", "/var/lib/pacemaker"),
     ("var/lib/corosync", "/var/lib/corosync"),
     ("var/lib/libvirt", "/var/lib/libvirt"),
@@ -216,8 +219,6 @@ class HostInit:
             {
                 "PCMK_logfacility": "none",
                 "PCMK_logfile": "/var/log/pacemaker/pacemaker.log",
-                # Pacemaker Remote guest nodes (--guest-image debian-remote): the lab's key
-                "PCMK_authkey_location": "/etc/kvmha/pacemaker-authkey",
             },
         )
         if Path(FENCE_LISTENER_CONF).exists():

@@ -374,6 +374,7 @@ class Lab:
         for d in (
             "etc/corosync",
             "etc/kvmha",
+            "etc/pacemaker",
             "var/lib/corosync",
             "var/log/corosync",
             "var/lib/libvirt",
@@ -389,11 +390,18 @@ class Lab:
         (hd / "etc/libvirt/libvirtd.conf").write_text(libvirtconf.libvirtd_conf(cfg, host))
         (hd / "etc/libvirt/qemu.conf").write_text(libvirtconf.qemu_conf(cfg, host))
         if cfg.remote_nodes:
-            # Pacemaker Remote's key, in the host's private /etc/kvmha (hostinit points
-            # pacemakerd at it with PCMK_authkey_location)
-            key = hd / "etc/kvmha/pacemaker-authkey"
+            # Pacemaker Remote's key where Pacemaker looks for it, in the host's private
+            # /etc/pacemaker, readable by pacemaker-controld (hacluster:haclient). It was
+            # in /etc/kvmha (0750 root): controld could not read it, fell back to the
+            # machine's own /etc/pacemaker/authkey, and the guest node's TLS handshake
+            # failed ("Key was rejected by service")
             from kvmha.tools.lab.realcluster import remote_key
 
+            pcmk_etc = hd / "etc/pacemaker"
+            pcmk_etc.mkdir(parents=True, exist_ok=True)
+            shutil.chown(pcmk_etc, "root", "haclient")
+            pcmk_etc.chmod(0o750)
+            key = pcmk_etc / "authkey"
             key.write_bytes(remote_key(cfg))
             key.chmod(0o640)
             shutil.chown(key, "root", "haclient")
