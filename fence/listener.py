@@ -426,11 +426,11 @@ class Listener:
             for uuid, rec in sightings.items():
                 if isinstance(rec, dict) and isinstance(rec.get("hosts"), dict):
                     hosts = {
-                        str(h): float(t) for h, t in rec["hosts"].items() if finite(t) is not None
+                        str(h): ft for h, t in rec["hosts"].items() if (ft := finite(t)) is not None
                     }
                     self.sightings[str(uuid)] = {"name": str(rec.get("name", "")), "hosts": hosts}
         if isinstance(heard, dict):
-            self.heard = {str(h): float(t) for h, t in heard.items() if finite(t) is not None}
+            self.heard = {str(h): ft for h, t in heard.items() if (ft := finite(t)) is not None}
 
     def _save_state(self) -> None:
         if not self.cfg.state_file or not self._state_dirty:

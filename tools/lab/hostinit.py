@@ -251,9 +251,7 @@ class HostInit:
             pid = self.daemons.get("libvirtd")
             if pid is None or self._reap_all(pid):
                 self.restart_at.pop("libvirtd", None)
-                Path("/run/libvirt/libvirtd.pid").unlink(missing_ok=True)
-                argv, log, env = self.commands["libvirtd"]
-                self.start("libvirtd", argv, log, env)
+                self._restart("libvirtd")
         _log(f"libvirtd does not answer after {seconds:.0f} s")
 
     def _stop(self, name: str, seconds: float) -> None:
@@ -297,10 +295,14 @@ class HostInit:
         for name, when in list(self.restart_at.items()):
             if when <= now:
                 del self.restart_at[name]
-                argv, log, env = self.commands[name]
-                if name == "libvirtd":  # a killed libvirtd leaves its pid file behind
-                    Path("/run/libvirt/libvirtd.pid").unlink(missing_ok=True)
-                self.start(name, argv, log, env)
+                self._restart(name)
+
+    def _restart(self, name: str) -> None:
+        """Start a daemon again with the command it was first started with."""
+        argv, log, env = self.commands[name]
+        if name == "libvirtd":  # a killed libvirtd leaves its pid file behind
+            Path("/run/libvirt/libvirtd.pid").unlink(missing_ok=True)
+        self.start(name, argv, log, env)
 
     def shutdown(self, *_: object) -> None:
         """Graceful power-off: the cluster stack first (it stops or moves guests)."""
